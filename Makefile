@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine (README): `make demo` and `make test`.
+# Both run the same idempotent set-up first (tools/setup.sh): venv, pinned wheels, ROS 2 interfaces.
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export PATH := $(VENV)/bin:$(PATH)
+export AMENT_PREFIX_PATH := $(VENV)
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint clean
+
+setup:
+	@LRR_VENV=$(VENV) bash tools/setup.sh
+
+test: setup
+	cd test && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
+
+demo: setup
+	$(VENV)/bin/latent-rag demo --out demo_out
+
+lint: setup
+	$(VENV)/bin/ruff check latent_rag_ros test launch
+
+clean:
+	rm -rf build .cmake-configure.log demo_out

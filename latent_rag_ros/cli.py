@@ -1,0 +1,195 @@
+"""The ``latent-rag`` command: run the graph, protect offline, build stores, evaluate, replay, demo.
+
+Every subcommand reads the same configuration (``--config`` file + ``--set key=value`` overrides)
+as the nodes. Subcommands of the store and eval layers register themselves (``register``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from latent_rag_ros.config import ConfigError, load_config, parse_overrides
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="parameter file (default: the package's config/latent_rag.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set protector.m=5 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    """Config from ``--config`` (or the packaged default) and ``--set`` overrides."""
+    from latent_rag_ros.config import default_config_path
+
+    path = args.config or default_config_path()
+    overrides = parse_overrides(getattr(args, "set", []))
+    overrides.update(extra or {})
+    return load_config(path, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start detector, protector, egress (and store) as processes until SIGINT/SIGTERM."""
+    from latent_rag_ros.config import default_config_path
+    from latent_rag_ros.nodes.graph import run_graph
+
+    cfg = config_from_args(args)  # validate before starting anything
+    overrides = parse_overrides(args.set)
+    if args.camera_topic:
+        overrides["ros.camera_topic"] = args.camera_topic
+    del cfg
+    return run_graph(args.config or str(default_config_path() or ""), args.with_store, overrides)
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    """Protect a folder of crops or the people in a video, without ROS."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from latent_rag_ros.core.protector import Protector, resolve_device
+    from latent_rag_ros.datasets import open_source
+    from latent_rag_ros.models.factory import build_detector, build_models
+    from latent_rag_ros.store import open_store
+
+    cfg = config_from_args(args)
+    device = resolve_device(cfg.protector.device)
+    models = build_models(cfg, device, with_encoder=False)
+    if models.random_weights:
+        print(f"WARNING: random-weight models in use: {', '.join(models.random_weights)}", file=sys.stderr)
+    store = open_store(args.store or cfg.store.path)
+    detector = build_detector(cfg) if Path(args.input).is_file() else None
+    protector = Protector(models.generator, models.reid, cfg.protector, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = list(open_source(args.input, detector=detector))
+    if args.limit:
+        samples = samples[: args.limit]
+    if not samples:
+        print(f"no images or people found in {args.input}", file=sys.stderr)
+        return 1
+    import cv2
+
+    index = []
+    bs = cfg.protector.batch_size
+    for s in tqdm(range(0, len(samples), bs), desc="protect", unit="batch"):
+        batch = samples[s: s + bs]
+        protected, result = protector.protect_crops([b.image for b in batch], store)
+        for i, (smp, img) in enumerate(zip(batch, protected)):
+            name = f"{s + i:06d}.png"
+            cv2.imwrite(str(out / name), img)
+            index.append({"file": name, "source": smp.name, "pid": smp.pid,
+                          "embedding": np.round(result.embeddings[i].cpu().numpy(), 6).tolist()})
+    (out / "index.json").write_text(json.dumps({"models": models.sources, "store_version": store.version,
+                                                "items": index}, indent=1))
+    print(f"protected {len(index)} crops -> {out}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert an NVlabs snapshot to the project's safetensors + JSON format."""
+    from latent_rag_ros.models.generator_io import convert_snapshot
+
+    st, js = convert_snapshot(args.snapshot, args.out)
+    print(f"wrote {st} and {js}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Play a bag's camera topic into the running graph and record /reid/protected."""
+    from latent_rag_ros.nodes.replay import replay_bag
+
+    cfg = config_from_args(args)
+    stats = replay_bag(args.bag, args.out, cfg.ros.camera_topic, cfg.ros.egress_topic, args.topic, args.rate,
+                       args.storage, drain_s=args.drain)
+    print(json.dumps(stats))
+    return 0 if stats["protected_received"] > 0 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole job on the embedded default: store, graph, replay, report."""
+    from latent_rag_ros.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="latent-rag", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="start the protection graph (what protect.launch.py starts)")
+    _add_config_args(p)
+    p.add_argument("--with-store", action="store_true", help="also start a local store_node")
+    p.add_argument("--camera-topic", default="", help="camera topic (default from config)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("protect", help="protect a folder of crops or the people in a video (no ROS)")
+    _add_config_args(p)
+    p.add_argument("--input", required=True, help="folder of crops, dataset folder, or video file")
+    p.add_argument("--out", required=True, help="output folder (PNG files + index.json)")
+    p.add_argument("--store", default="", help="store directory/URI (default: config store.path)")
+    p.add_argument("--limit", type=int, default=0, help="protect at most this many crops")
+    p.set_defaults(func=cmd_protect)
+
+    p = sub.add_parser("convert", help="convert an NVlabs snapshot (.pkl) to safetensors + JSON")
+    p.add_argument("snapshot")
+    p.add_argument("out", help="output path without extension (OUT.safetensors, OUT.json)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("replay", help="play a bag into the running graph and record /reid/protected")
+    _add_config_args(p)
+    p.add_argument("--bag", required=True)
+    p.add_argument("--out", required=True, help="output bag")
+    p.add_argument("--topic", default=None, help="camera topic in the input bag (default: the first Image topic)")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
+    p.add_argument("--drain", type=float, default=10.0, help="seconds without output before stopping")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="run the whole job on the embedded default (vtest.avi)")
+    _add_config_args(p)
+    p.add_argument("--out", default="demo_out", help="output folder (report, bags, logs)")
+    p.add_argument("--query-frames", type=int, default=40, help="query frames replayed through the graph")
+    p.add_argument("--recovery-steps", type=int, default=300)
+    p.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks (not tests)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser("protect", help="per-stage protection latency for a batch size")
+    _add_config_args(p)
+    p.add_argument("--batch-sizes", default="1,4")
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=lambda a: __import__("latent_rag_ros.bench", fromlist=["x"]).bench_protect(a))
+
+    for module in ("latent_rag_ros.store.cli", "latent_rag_ros.eval.cli", "latent_rag_ros.training.cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        mod.register(sub, bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``latent-rag`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

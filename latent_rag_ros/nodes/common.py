@@ -1,0 +1,192 @@
+"""What every node shares: config from ROS parameters, QoS from config, image conversion, status.
+
+Images are converted here rather than with cv_bridge: ROS 2's cv_bridge cannot be installed from
+PyPI (the PyPI ``cv-bridge`` is a ROS 1 wheel), and the few encodings a camera sends are a reshape.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from latent_rag_ros.config import Config, ConfigError, flatten, load_config
+from latent_rag_ros.config import QosConfig as QosCfg
+
+_CHANNELS = {"bgr8": 3, "rgb8": 3, "mono8": 1, "bgra8": 4, "rgba8": 4, "8UC3": 3, "8UC1": 1}
+
+
+def declare_config(node: Node) -> Config:
+    """Declare every config key as a ROS parameter (defaults from ``config_file`` or the schema) and build the Config.
+
+    Parameter files written for the nodes (``/**: ros__parameters: {models: {...}, ...}``) set the
+    same dotted names, so ``--params-file config/latent_rag.yaml`` and ``config_file:=...`` agree.
+    """
+    config_file = node.declare_parameter("config_file", "").value or None
+    base = load_config(config_file)
+    overrides: dict[str, Any] = {}
+    for key, default in flatten(base.to_dict()).items():
+        value = node.declare_parameter(key, default, ParameterDescriptor(dynamic_typing=True)).value
+        if value == "" and default != "":
+            continue  # an empty string means "keep the config file's value" (launch-file defaults)
+        if value != default:
+            overrides[key] = value
+    try:
+        cfg = load_config(config_file, overrides)
+    except ConfigError as exc:
+        node.get_logger().fatal(f"invalid configuration: {exc}")
+        raise
+    node.get_logger().info(f"configuration: {config_file or 'built-in defaults'} ({len(overrides)} overrides)")
+    return cfg
+
+
+def qos_profile(q: QosCfg) -> QoSProfile:
+    """QoS profile from config: keep-last ``depth`` with the configured reliability."""
+    rel = ReliabilityPolicy.BEST_EFFORT if q.reliability == "best_effort" else ReliabilityPolicy.RELIABLE
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=q.depth, reliability=rel)
+
+
+def image_to_bgr(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image -> uint8 BGR HxWx3; raises ValueError for malformed or unsupported images."""
+    ch = _CHANNELS.get(msg.encoding)
+    if ch is None:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {sorted(_CHANNELS)})")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"empty image {w}x{h}")
+    if step < w * ch:
+        raise ValueError(f"step {step} < width*channels {w * ch}")
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if data.size != step * h:
+        raise ValueError(f"data has {data.size} bytes, expected step*height = {step * h}")
+    img = data.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if ch == 1:
+        return np.repeat(img, 3, axis=2)
+    if msg.encoding in ("rgb8",):
+        return np.ascontiguousarray(img[:, :, ::-1])
+    if msg.encoding == "rgba8":
+        return np.ascontiguousarray(img[:, :, 2::-1])
+    if msg.encoding == "bgra8":
+        return np.ascontiguousarray(img[:, :, :3])
+    return np.ascontiguousarray(img)
+
+
+def bgr_to_image(bgr: np.ndarray, header: Any = None, encoding: str = "bgr8") -> Image:
+    """uint8 BGR HxWx3 -> sensor_msgs/Image (``bgr8`` or ``rgb8``)."""
+    if encoding not in ("bgr8", "rgb8"):
+        raise ValueError("encoding must be bgr8 or rgb8")
+    arr = bgr if encoding == "bgr8" else bgr[:, :, ::-1]
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(arr.shape[1] * 3)
+    msg.data = arr.tobytes()
+    return msg
+
+
+class NodeStatus:
+    """Thread-safe counters and per-stage latency of a node, published on /diagnostics."""
+
+    def __init__(self, node: Node, period_s: float) -> None:
+        self._node = node
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = defaultdict(int)
+        self.flags: dict[str, str] = {}
+        self._lat: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100))
+        self.level = DiagnosticStatus.OK
+        self.message = "starting"
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._timer = node.create_timer(period_s, self.publish)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``key``."""
+        with self._lock:
+            self.counters[key] += n
+
+    def latency(self, stage: str, ms: float) -> None:
+        """Record one latency sample of ``stage`` in milliseconds."""
+        with self._lock:
+            self._lat[stage].append(float(ms))
+
+    def set(self, level: int, message: str, **flags: Any) -> None:
+        """Set the level (DiagnosticStatus.OK/WARN/ERROR), a message and named flags."""
+        with self._lock:
+            self.level, self.message = level, message
+            self.flags.update({k: str(v) for k, v in flags.items()})
+
+    def snapshot(self) -> dict[str, str]:
+        """Current values as strings (what /diagnostics carries)."""
+        with self._lock:
+            values = {k: str(v) for k, v in self.counters.items()}
+            values.update(self.flags)
+            for k, d in self._lat.items():
+                if d:
+                    values[f"latency_ms.{k}.mean"] = f"{sum(d) / len(d):.2f}"
+                    values[f"latency_ms.{k}.last"] = f"{d[-1]:.2f}"
+            return values
+
+    def publish(self) -> None:
+        """Publish one DiagnosticArray with this node's status."""
+        st = DiagnosticStatus()
+        st.level = bytes([self.level]) if isinstance(st.level, bytes) else self.level
+        st.name = f"latent_rag_ros: {self._node.get_name()}"
+        st.hardware_id = self._node.get_fully_qualified_name()
+        st.message = self.message
+        st.values = [KeyValue(key=k, value=v) for k, v in sorted(self.snapshot().items())]
+        arr = DiagnosticArray()
+        arr.header.stamp = self._node.get_clock().now().to_msg()
+        arr.status = [st]
+        self._pub.publish(arr)
+
+
+class LatestSlot:
+    """A one-deep (or ``depth``-deep) mailbox where the newest item wins and overwritten ones are counted."""
+
+    def __init__(self, depth: int = 1) -> None:
+        self._items: deque[Any] = deque()
+        self._depth = depth
+        self._cv = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; returns False if an older waiting item had to be dropped for it."""
+        with self._cv:
+            dropped = False
+            while len(self._items) >= self._depth:
+                self._items.popleft()
+                self.dropped += 1
+                dropped = True
+            self._items.append(item)
+            self._cv.notify()
+            return not dropped
+
+    def get(self, timeout: float = 0.2) -> Any | None:
+        """Oldest waiting item, or None after ``timeout`` s (or when closed)."""
+        with self._cv:
+            if not self._items and not self.closed:
+                self._cv.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        """Wake waiting consumers for shutdown."""
+        with self._cv:
+            self.closed = True
+            self._cv.notify_all()
+
+
+def now_ms() -> float:
+    """Monotonic time in milliseconds."""
+    return time.perf_counter() * 1e3

@@ -1,0 +1,104 @@
+"""Start the protection graph as separate node processes, like the launch files do.
+
+``ros2 launch`` cannot be installed from PyPI; this runner starts the same executables with the
+same parameters (``config_file`` and overrides), forwards SIGINT/SIGTERM and stops every node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
+
+
+def _ros_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else "''"
+    return str(value)
+
+
+@dataclass
+class Graph:
+    """A set of running node processes."""
+
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(
+        self,
+        nodes: Sequence[str],
+        config_file: str | None,
+        overrides: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        log_dir: str | None = None,
+    ) -> None:
+        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...``."""
+        params = []
+        if config_file:
+            params += ["-p", f"config_file:={os.path.abspath(config_file)}"]
+        for k, v in (overrides or {}).items():
+            params += ["-p", f"{k}:={_ros_value(v)}"]
+        for name in nodes:
+            cmd = [sys.executable, "-m", f"latent_rag_ros.nodes.{name}", "--ros-args", *params]
+            out = None
+            if log_dir:
+                os.makedirs(log_dir, exist_ok=True)
+                out = open(os.path.join(log_dir, f"{name}.log"), "w")
+            self.procs[name] = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out,
+                                                stderr=subprocess.STDOUT if out else None)
+
+    def failed(self) -> dict[str, int]:
+        """Nodes that have already exited, with their exit codes."""
+        return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int]:
+        """SIGTERM every node (measured to stop rclpy reliably), SIGKILL what is left after ``timeout``."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = {}
+        for name, p in self.procs.items():
+            try:
+                codes[name] = p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[name] = p.wait()
+        return codes
+
+
+def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, Any] | None = None) -> int:
+    """``latent-rag run``: start the graph and wait until SIGINT/SIGTERM or a node dies."""
+    graph = Graph()
+    stop = {"flag": False}
+
+    def _handler(signum: int, _frame: Any) -> None:
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    nodes = (("store_node",) if with_store else ()) + ROBOT_NODES
+    graph.start(nodes, config_file, overrides)
+    print(f"[latent-rag run] started {', '.join(nodes)}; Ctrl-C to stop", flush=True)
+    code = 0
+    try:
+        while not stop["flag"]:
+            dead = graph.failed()
+            if dead:
+                print(f"[latent-rag run] node exited: {dead}; stopping the graph", file=sys.stderr, flush=True)
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        codes = graph.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(f"[latent-rag run] stopped: {codes}", flush=True)
+    return code

@@ -1,0 +1,198 @@
+"""protector_node: person crops in, protected crops out (the algorithm runs in core.Protector).
+
+For each batch of crops: f = E(crop) on the robot, then one RetrieveLatents call per crop to the
+trusted store (asynchronous, with a timeout), then fusion, T steps and rendering. If the store does
+not answer, the status says so and NOTHING is published for those crops: never an unprotected image.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import RegionOfInterest
+
+from latent_rag_ros.core.imaging import tensor_to_bgr
+from latent_rag_ros.core.protector import Protector, resolve_device
+from latent_rag_ros.core.retrieval import Retrieved
+from latent_rag_ros.models.factory import build_models
+from latent_rag_ros.msg import PersonCrops, ProtectedCrop
+from latent_rag_ros.nodes.common import (
+    LatestSlot,
+    NodeStatus,
+    bgr_to_image,
+    declare_config,
+    image_to_bgr,
+    now_ms,
+    qos_profile,
+)
+from latent_rag_ros.srv import RetrieveLatents
+
+
+class ProtectorNode(Node):
+    """Runs Latent-RAG protection on crop batches and publishes ProtectedCrop messages."""
+
+    def __init__(self) -> None:
+        super().__init__("protector_node")
+        self.cfg = declare_config(self)
+        self.status = NodeStatus(self, self.cfg.ros.status_period_s)
+        device = resolve_device(self.cfg.protector.device)
+        models = build_models(self.cfg, device, with_encoder=False)
+        self.random_weights = models.random_weights
+        self.protector = Protector(models.generator, models.reid, self.cfg.protector, device)
+        self.model_name = getattr(models.reid, "name", self.cfg.models.reid)
+        self._warm_up()
+        if self.random_weights:
+            self.get_logger().warning(f"RANDOM-WEIGHT models in use: {', '.join(self.random_weights)}")
+        self.status.set(DiagnosticStatus.OK, "waiting for crops", model_loaded=True, device=str(device),
+                        random_weights=",".join(self.random_weights) or "none", store_reachable="unknown")
+        self.client = self.create_client(RetrieveLatents, self.cfg.ros.retrieve_service)
+        self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
+                                         qos_profile(self.cfg.ros.output_qos))
+        self.slot = LatestSlot(self.cfg.ros.max_queue)
+        self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
+                                            qos_profile(self.cfg.ros.output_qos))
+        self._worker = threading.Thread(target=self._run, name="protector", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"protecting {self.cfg.ros.crops_topic} -> {self.cfg.ros.protected_topic} on {device}")
+
+    def _warm_up(self) -> None:
+        """One full protection of a grey crop with the generator's average code (loads kernels, caches)."""
+        g = self.protector.generator
+        h, w = self.protector.working_size
+        img = torch.full((1, 3, h, w), 0.5)
+        lat = g.w_avg.detach().float().cpu().numpy()[None, None, None].repeat(g.num_ws, axis=2)
+        lat = np.repeat(lat, 2, axis=1)
+        self.protector.protect(img, Retrieved(lat, np.zeros((1, 2), np.float32), np.zeros((1, 2), np.int64), "warmup"))
+
+    def on_crops(self, msg: PersonCrops) -> None:
+        """Queue the newest crop batch (older waiting batches beyond max_queue are dropped and counted)."""
+        self.status.count("frames_in")
+        self.status.count("crops_in", len(msg.crops))
+        if not self.slot.put(msg):
+            self.status.count("frames_dropped")
+
+    def _run(self) -> None:
+        while rclpy.ok() and not self.slot.closed:
+            msg = self.slot.get()
+            if msg is not None:
+                try:
+                    self.process(msg)
+                except Exception as exc:  # noqa: BLE001 - keep the node alive; never publish unprotected
+                    self.status.count("errors")
+                    self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
+                    self.get_logger().error(f"protection failed: {exc}")
+
+    def _retrieve(self, identity: np.ndarray) -> list[RetrieveLatents.Response | None]:
+        """One asynchronous service call per identity vector; None where it failed or timed out."""
+        if not self.client.wait_for_service(timeout_sec=self.cfg.ros.service_timeout_s):
+            return [None] * len(identity)
+        events, futures = [], []
+        for f in identity:
+            req = RetrieveLatents.Request(identity=f.astype(np.float32).tolist(), m=self.cfg.protector.m,
+                                          exclude_id=-1, exclude_label="")
+            ev = threading.Event()
+            fut = self.client.call_async(req)
+            fut.add_done_callback(lambda _f, ev=ev: ev.set())
+            events.append(ev)
+            futures.append(fut)
+        out: list[RetrieveLatents.Response | None] = []
+        deadline = now_ms() + self.cfg.ros.service_timeout_s * 1e3
+        for ev, fut in zip(events, futures):
+            if not ev.wait(max(0.0, (deadline - now_ms()) / 1e3)):
+                self.client.remove_pending_request(fut)
+                out.append(None)
+                continue
+            res = fut.result()
+            if res is None or not res.ok:
+                if res is not None:
+                    self.get_logger().warning(f"store refused: {res.message}", throttle_duration_sec=5.0)
+                out.append(None)
+            else:
+                out.append(res)
+        return out
+
+    def process(self, msg: PersonCrops) -> None:
+        """Protect every valid crop of one frame and publish the results."""
+        t0 = now_ms()
+        crops, metas = [], []
+        for c in msg.crops:
+            try:
+                crops.append(image_to_bgr(c.image))
+                metas.append(c)
+            except ValueError as exc:
+                self.status.count("crops_invalid")
+                self.get_logger().warning(f"bad crop skipped: {exc}", throttle_duration_sec=5.0)
+        if not crops:
+            return
+        images = self.protector.prepare(crops)
+        t_embed = now_ms()
+        identity = self.protector.embed(images)
+        t_ret = now_ms()
+        responses = self._retrieve(identity.cpu().numpy())
+        t_done = now_ms()
+        keep = [i for i, r in enumerate(responses) if r is not None]
+        if len(keep) < len(responses):
+            self.status.count("crops_dropped_store", len(responses) - len(keep))
+        if not keep:
+            self.status.set(DiagnosticStatus.ERROR, "trusted store unreachable or refusing: nothing published",
+                            store_reachable=False)
+            return
+        self.status.set(DiagnosticStatus.OK, "running", store_reachable=True)
+        shapes = {tuple(responses[i].shape) for i in keep}
+        if len(shapes) != 1:
+            raise RuntimeError(f"store returned inconsistent latent shapes {shapes}")
+        shape = shapes.pop()
+        latents = np.stack([np.asarray(responses[i].latents, dtype=np.float32).reshape(shape) for i in keep])
+        got = Retrieved(latents, np.stack([np.asarray(responses[i].scores, np.float32) for i in keep]),
+                        np.stack([np.asarray(responses[i].ids, np.int64) for i in keep]),
+                        responses[keep[0]].store_version)
+        timings = {"prepare": t_embed - t0, "embed": t_ret - t_embed, "retrieve": t_done - t_ret}
+        result = self.protector.protect(images[keep], got, identity[keep], timings)
+        sizes = [crops[i].shape[:2] for i in keep]
+        protected = tensor_to_bgr(result.images, sizes)
+        names = list(result.timings_ms)
+        for j, i in enumerate(keep):
+            src = metas[i]
+            out = ProtectedCrop()
+            out.header = src.header
+            out.image = bgr_to_image(protected[j], src.header, encoding="rgb8")
+            out.embedding = result.embeddings[j].detach().float().cpu().numpy().tolist()
+            out.embedding_model = self.model_name
+            out.box = RegionOfInterest(x_offset=src.box.x_offset, y_offset=src.box.y_offset,
+                                       width=src.box.width, height=src.box.height)
+            out.track_id = src.track_id
+            out.label = src.label
+            out.store_version = result.store_version
+            out.m = int(latents.shape[1])
+            out.steps = int(self.cfg.protector.steps)
+            out.stage_names = names
+            out.stage_ms = [float(result.timings_ms[k]) for k in names]
+            self.pub.publish(out)
+        self.status.count("crops_out", len(keep))
+        for k, v in result.timings_ms.items():
+            self.status.latency(k, v)
+        self.status.latency("frame", now_ms() - t0)
+
+    def destroy_node(self) -> None:
+        self.slot.close()
+        self._worker.join(timeout=5.0)
+        self.protector = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run latent_rag_ros protector_node``."""
+    from latent_rag_ros.nodes.runner import spin_node
+
+    return spin_node(ProtectorNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Replay a bag's camera topic into the running graph and record /reid/protected into a new bag.
+
+Raw CDR bytes go straight from the input bag to the wire and from the wire into the output bag
+(rclpy publishes and receives serialized messages), so nothing is re-encoded. On a real ROS 2
+install ``ros2 bag play`` / ``ros2 bag record`` do the same job.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from latent_rag_ros.msg import ProtectedCrop
+
+PROTECTED_TYPE = "latent_rag_ros/msg/ProtectedCrop"
+
+
+def _camera_messages(bag: str, topic: str | None) -> tuple[str, list[tuple[int, bytes]]]:
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(bag)]) as reader:
+        conns = [c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image" and (topic in (None, c.topic))]
+        if not conns:
+            raise ValueError(f"{bag}: no sensor_msgs/Image topic{' ' + topic if topic else ''}")
+        name = conns[0].topic
+        msgs = [(t, bytes(raw)) for c, t, raw in reader.messages(connections=[conns[0]])]
+    return name, msgs
+
+
+def replay_bag(
+    bag_in: str,
+    bag_out: str,
+    camera_topic: str = "/camera/image_raw",
+    egress_topic: str = "/reid/protected",
+    source_topic: str | None = None,
+    rate: float = 1.0,
+    storage: str = "sqlite3",
+    discovery_timeout: float = 20.0,
+    drain_s: float = 10.0,
+    max_wait_s: float = 600.0,
+) -> dict[str, float]:
+    """Publish the bag's frames at ``rate`` x recorded speed; record what arrives on ``egress_topic``.
+
+    Waits for the graph (a camera subscriber and an egress publisher) before playing, and after the
+    last frame until nothing new arrived for ``drain_s`` seconds (at most ``max_wait_s``).
+    """
+    from latent_rag_ros.eval.bags import BagRecorder
+
+    src_topic, frames = _camera_messages(bag_in, source_topic)
+    own_init = not rclpy.ok()
+    if own_init:
+        rclpy.init()
+    node = Node("latent_rag_replay")
+    received: list[tuple[int, bytes]] = []
+    last_rx = [time.monotonic()]
+    lock = threading.Lock()
+
+    def on_protected(raw: bytes) -> None:
+        with lock:
+            received.append((time.time_ns(), bytes(raw)))
+            last_rx[0] = time.monotonic()
+
+    pub = node.create_publisher(Image, camera_topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(ProtectedCrop, egress_topic, on_protected, 100, raw=True)
+    executor = rclpy.executors.SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        deadline = time.monotonic() + discovery_timeout
+        while time.monotonic() < deadline and (
+            pub.get_subscription_count() == 0 or node.count_publishers(egress_topic) == 0
+        ):
+            time.sleep(0.05)
+        if pub.get_subscription_count() == 0:
+            raise TimeoutError(f"no subscriber on {camera_topic} after {discovery_timeout:.0f} s: is the graph running?")
+        t_start = time.monotonic()
+        t0 = frames[0][0] if frames else 0
+        for t, raw in frames:
+            due = t_start + (t - t0) / 1e9 / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pub.publish(raw)
+        play_s = time.monotonic() - t_start
+        last_rx[0] = max(last_rx[0], time.monotonic())
+        end = time.monotonic() + max_wait_s
+        while time.monotonic() < end and time.monotonic() - last_rx[0] < drain_s:
+            time.sleep(0.1)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        if own_init:
+            rclpy.try_shutdown()
+    with BagRecorder(bag_out, storage) as rec:
+        conn = rec.add_topic(egress_topic, PROTECTED_TYPE)
+        for t, raw in received:
+            rec.write(conn, t, raw)
+    return {"frames_played": len(frames), "protected_received": len(received), "play_s": play_s,
+            "source_topic": src_topic}

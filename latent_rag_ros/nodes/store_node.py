@@ -1,0 +1,136 @@
+"""store_node: the trusted server's vector store behind RetrieveLatents and AddIdentities services.
+
+Requests run concurrently (reentrant callback group on a multi-threaded executor); reads share the
+store, adds are serialised. Every malformed request gets ok=false and a message; no request returns
+more than ``store.max_m`` codes, so a client cannot dump the store.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+
+from latent_rag_ros.core.retrieval import RetrievalError, retrieve
+from latent_rag_ros.nodes.common import NodeStatus, declare_config, now_ms
+from latent_rag_ros.srv import AddIdentities, RetrieveLatents
+
+
+class StoreNode(Node):
+    """Serves identity-guided latent retrieval and incremental adds from a store directory or URI."""
+
+    def __init__(self) -> None:
+        super().__init__("store_node")
+        self.cfg = declare_config(self)
+        self.status = NodeStatus(self, self.cfg.ros.status_period_s)
+        self._lock = threading.RLock()
+        self.store = None
+        self.open_error = ""
+        self._open()
+        group = ReentrantCallbackGroup()
+        self.create_service(RetrieveLatents, self.cfg.ros.retrieve_service, self.on_retrieve, callback_group=group)
+        self.create_service(AddIdentities, self.cfg.ros.add_service, self.on_add, callback_group=group)
+        self.get_logger().info(
+            f"serving {self.cfg.ros.retrieve_service} and {self.cfg.ros.add_service} from {self.cfg.store.path}"
+        )
+
+    def _open(self) -> None:
+        from latent_rag_ros.store import open_store
+
+        try:
+            self.store = open_store(self.cfg.store.path, backend=self.cfg.store.backend)
+        except Exception as exc:  # noqa: BLE001 - keep serving, answer every request with the reason
+            self.open_error = f"store {self.cfg.store.path!r} unavailable: {exc}"
+            self.get_logger().error(self.open_error)
+            self.status.set(DiagnosticStatus.ERROR, self.open_error, store_loaded=False)
+            return
+        self.status.set(DiagnosticStatus.OK, "serving", store_loaded=True, size=len(self.store),
+                        version=self.store.version)
+
+    def on_retrieve(self, req: RetrieveLatents.Request, res: RetrieveLatents.Response) -> RetrieveLatents.Response:
+        """Eq. 1-2 for one identity vector, with the query's own entry (and optionally label) excluded."""
+        t0 = now_ms()
+        self.status.count("requests")
+        res.ok = False
+        if self.store is None:
+            res.message = self.open_error
+            self.status.count("errors")
+            return res
+        m = int(req.m)
+        if m < 1 or m > self.cfg.store.max_m:
+            res.message = f"m={m} out of range 1..{self.cfg.store.max_m}"
+            self.status.count("errors")
+            return res
+        query = np.asarray(req.identity, dtype=np.float32)
+        exclude = int(req.exclude_id) if req.exclude_id >= 0 else None
+        try:
+            with self._lock:
+                got = retrieve(self.store, query, m, [exclude], [req.exclude_label or None])
+        except (RetrievalError, ValueError) as exc:
+            res.message = str(exc)
+            self.status.count("errors")
+            return res
+        lat = got.latents[0]
+        res.ok = True
+        res.latents = lat.reshape(-1).astype(np.float32).tolist()
+        res.shape = [int(s) for s in lat.shape]
+        res.scores = got.scores[0].astype(np.float32).tolist()
+        res.ids = [int(i) for i in got.ids[0]]
+        res.store_version = got.version
+        self.status.latency("retrieve", now_ms() - t0)
+        return res
+
+    def on_add(self, req: AddIdentities.Request, res: AddIdentities.Response) -> AddIdentities.Response:
+        """Append identities durably; the reply comes only after the store acknowledged them."""
+        self.status.count("add_requests")
+        res.ok = False
+        if self.store is None:
+            res.message = self.open_error
+            return res
+        n = int(req.count)
+        store = self.store
+        try:
+            if n < 1 or n > self.cfg.store.max_add:
+                raise ValueError(f"count={n} out of range 1..{self.cfg.store.max_add}")
+            vec = np.asarray(req.identities, dtype=np.float32)
+            lat = np.asarray(req.latents, dtype=np.float32)
+            if vec.size != n * store.dim:
+                raise ValueError(f"identities: expected {n}x{store.dim} values, got {vec.size}")
+            if lat.size != n * store.num_ws * store.w_dim:
+                raise ValueError(f"latents: expected {n}x{store.num_ws}x{store.w_dim} values, got {lat.size}")
+            labels = list(req.labels) or None
+            if labels is not None and len(labels) != n:
+                raise ValueError(f"labels: expected {n}, got {len(labels)}")
+            with self._lock:
+                ids = store.add(vec.reshape(n, store.dim), lat.reshape(n, store.num_ws, store.w_dim), labels)
+        except (ValueError, RuntimeError) as exc:
+            res.message = str(exc)
+            self.status.count("errors")
+            return res
+        res.ok = True
+        res.ids = [int(i) for i in ids]
+        res.store_version = store.version
+        res.size = len(store)
+        self.status.set(DiagnosticStatus.OK, "serving", size=len(store), version=store.version)
+        return res
+
+    def destroy_node(self) -> None:
+        if self.store is not None:
+            with self._lock:
+                self.store.close()
+            self.store = None
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run latent_rag_ros store_node``."""
+    from latent_rag_ros.nodes.runner import spin_node
+
+    return spin_node(StoreNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

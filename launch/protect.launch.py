@@ -1,0 +1,37 @@
+"""Robot side: detector, protector and egress nodes (and, with with_store:=true, a local store).
+
+    ros2 launch latent_rag_ros protect.launch.py config_file:=/path/latent_rag.yaml \
+        camera_topic:=/camera/image_raw with_store:=false
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_config = os.path.join(get_package_share_directory("latent_rag_ros"), "config", "latent_rag.yaml")
+    config = LaunchConfiguration("config_file")
+    camera = LaunchConfiguration("camera_topic")
+    params = [config, {"config_file": config, "ros.camera_topic": camera}]
+    return LaunchDescription([
+        DeclareLaunchArgument("config_file", default_value=default_config,
+                              description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
+        DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
+                              description="sensor_msgs/Image topic with people in it"),
+        DeclareLaunchArgument("with_store", default_value="false",
+                              description="also start a local store_node (trusted store on this machine)"),
+        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen",
+             parameters=[config, {"config_file": config}], condition=IfCondition(LaunchConfiguration("with_store"))),
+        Node(package="latent_rag_ros", executable="detector_node", name="detector_node", output="screen",
+             parameters=params),
+        Node(package="latent_rag_ros", executable="protector_node", name="protector_node", output="screen",
+             parameters=params),
+        Node(package="latent_rag_ros", executable="egress_node", name="egress_node", output="screen",
+             parameters=params),
+    ])

@@ -1,0 +1,14 @@
+"""Test-wide settings: a private ROS 2 domain on localhost for every test session."""
+
+from __future__ import annotations
+
+import os
+import random
+
+# Set before any rclpy import: real DDS, but only on 127.0.0.1 and on a domain of our own so
+# parallel runs on one machine do not see each other.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(30, 100)))
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"

@@ -1,0 +1,114 @@
+"""Single nodes over real DDS: the store service's answers to bad requests, camera QoS handling."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from latent_rag_ros.msg import PersonCrops
+from latent_rag_ros.nodes.common import bgr_to_image
+from latent_rag_ros.nodes.graph import Graph
+from latent_rag_ros.srv import AddIdentities, RetrieveLatents
+from latent_rag_ros.store import open_store
+
+from rosutil import Probe, vtest_frames, wait_for, write_params
+
+pytestmark = pytest.mark.ros
+DIM, L, C = 8, 4, 6
+
+
+def _call(probe: Probe, client, req, timeout: float = 10.0):
+    fut = client.call_async(req)
+    wait_for(fut.done, timeout, "service reply")
+    return fut.result()
+
+
+@pytest.fixture()
+def store_node(tmp_path: Path):
+    store = open_store(tmp_path / "store", create=True, dim=DIM, num_ws=L, w_dim=C)
+    rng = np.random.default_rng(0)
+    store.add(rng.normal(size=(5, DIM)).astype(np.float32), rng.normal(size=(5, L, C)).astype(np.float32),
+              [f"p{i}" for i in range(5)])
+    store.close()
+    cfg = write_params(tmp_path / "p.yaml", {"store": {"path": str(tmp_path / "store"), "max_m": 4}})
+    graph = Graph()
+    graph.start(["store_node"], str(cfg))
+    probe = Probe("store_probe")
+    retrieve = probe.node.create_client(RetrieveLatents, "/latent_rag/retrieve_latents")
+    add = probe.node.create_client(AddIdentities, "/latent_rag/add_identities")
+    wait_for(lambda: retrieve.service_is_ready() and add.service_is_ready(), 60, "store services")
+    yield probe, retrieve, add, graph
+    codes = graph.stop()
+    probe.close()
+    assert codes == {"store_node": 0}
+
+
+def test_store_service_answers_bad_requests_and_keeps_serving(store_node) -> None:
+    probe, retrieve, add, graph = store_node
+    good = np.ones(DIM, np.float32).tolist()
+    bad = [
+        (dict(identity=[1.0] * (DIM - 1), m=2), "length"),
+        (dict(identity=[math.nan] + [1.0] * (DIM - 1), m=2), "NaN"),
+        (dict(identity=good, m=0), "m=0"),
+        (dict(identity=good, m=5), "m=5"),          # above max_m=4
+        (dict(identity=good, m=4, exclude_label="p0"), "eligible"),  # 5 entries, one label excluded, dup guard
+    ]
+    for fields, needle in bad:
+        res = _call(probe, retrieve, RetrieveLatents.Request(exclude_id=-1, **fields))
+        assert not res.ok and needle in res.message, (fields, res.message)
+    res = _call(probe, retrieve, RetrieveLatents.Request(identity=good, m=3, exclude_id=-1))
+    assert res.ok, res.message
+    assert list(res.shape) == [3, L, C] and len(res.latents) == 3 * L * C and len(res.ids) == 3
+    assert list(res.scores) == sorted(res.scores, reverse=True)
+    # excluding an id removes it
+    res2 = _call(probe, retrieve, RetrieveLatents.Request(identity=good, m=3, exclude_id=int(res.ids[0])))
+    assert res2.ok and res.ids[0] not in list(res2.ids)
+    # incremental add, then the new entry is served
+    v = np.zeros(DIM, np.float32)
+    v[0] = 1.0
+    bad_add = _call(probe, add, AddIdentities.Request(count=1, identities=v.tolist(), latents=[0.0] * 3, labels=["x"]))
+    assert not bad_add.ok and "latents" in bad_add.message
+    ok_add = _call(probe, add, AddIdentities.Request(count=1, identities=v.tolist(),
+                                                     latents=[7.0] * (L * C), labels=["new"]))
+    assert ok_add.ok and ok_add.size == 6 and ok_add.store_version != res.store_version
+    near = v.copy()
+    near[1] = 0.01
+    res3 = _call(probe, retrieve, RetrieveLatents.Request(identity=near.tolist(), m=1, exclude_id=-1))
+    assert res3.ok and list(res3.ids) == list(ok_add.ids) and res3.latents[0] == 7.0
+    assert not graph.failed()
+
+
+@pytest.mark.parametrize("reliability", [ReliabilityPolicy.BEST_EFFORT, ReliabilityPolicy.RELIABLE])
+def test_detector_receives_best_effort_and_reliable_cameras(tmp_path: Path, reliability) -> None:
+    cfg = write_params(tmp_path / "p.yaml", {"ros": {"camera_topic": "/qos_cam"}})
+    graph = Graph()
+    graph.start(["detector_node"], str(cfg))
+    probe = Probe("qos_probe")
+    try:
+        crops = probe.collect(PersonCrops, "/latent_rag/crops")
+        pub = probe.node.create_publisher(Image, "/qos_cam", QoSProfile(depth=5, reliability=reliability))
+        wait_for(lambda: pub.get_subscription_count() > 0, 60, "detector subscription")
+        frames = vtest_frames([100, 200, 300])
+        deadline = time.monotonic() + 60
+        while not crops and time.monotonic() < deadline:
+            for f in frames:
+                pub.publish(bgr_to_image(f))
+            time.sleep(1.0)
+        assert crops, "no person crops from the detector"
+        assert crops[0].crops[0].image.height > 0
+        bad = Image(height=10, width=10, encoding="bgr8", step=30)
+        bad.data = bytes(7)
+        pub.publish(bad)  # malformed: counted and skipped, the node keeps running
+        pub.publish(bgr_to_image(frames[0]))
+        n = len(crops)
+        wait_for(lambda: len(crops) > n, 30, "crops after a malformed frame")
+        assert not graph.failed()
+    finally:
+        graph.stop()
+        probe.close()
