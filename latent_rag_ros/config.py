@@ -87,7 +87,7 @@ class DetectorConfig:
 
     kind: str = "hog"
     path: str = ""
-    min_score: float = 0.3
+    min_score: float = 0.0            # HOG: SVM margin; ONNX: class confidence (e.g. 0.25)
     upscale: float = 1.5
     min_height: int = 48
     max_crops: int = 8

@@ -96,7 +96,7 @@ def build_latent_encoder(
     spec = cfg.models.latent_encoder
     size = (int(generator.img_height), int(generator.img_width))
     if spec == "demo":
-        demo = _demo_file("encoder.safetensors")
+        demo = _demo_file("encoder.pt")
         if demo is not None:
             from latent_rag_ros.models.e4e import load_e4e
 
@@ -107,9 +107,9 @@ def build_latent_encoder(
         from latent_rag_ros.models.e4e import build_e4e
 
         torch.manual_seed(cfg.models.random_seed + 1)
-        enc = build_e4e(num_ws=generator.num_ws, w_dim=generator.w_dim, input_size=size, small=True)
-        with torch.no_grad():  # start from the generator's average latent, as E4E does
-            enc.latent_avg = generator.w_avg.detach().clone().to(device)
+        # a narrow 4-unit IR-SE encoder starting from the generator's average latent, as E4E does
+        enc = build_e4e(num_ws=generator.num_ws, input_size=size, width_mult=0.25, num_layers=(1, 1, 1, 1),
+                        w_dim=generator.w_dim, latent_avg=generator.w_avg.detach().cpu())
         return enc.to(device).eval(), "random:e4e-small", True
     if spec == "projection":
         from latent_rag_ros.models.projection import ProjectionEncoder

@@ -140,7 +140,7 @@ class NodeStatus:
     def publish(self) -> None:
         """Publish one DiagnosticArray with this node's status."""
         st = DiagnosticStatus()
-        st.level = bytes([self.level]) if isinstance(st.level, bytes) else self.level
+        st.level = self.level
         st.name = f"latent_rag_ros: {self._node.get_name()}"
         st.hardware_id = self._node.get_fully_qualified_name()
         st.message = self.message
