@@ -130,7 +130,8 @@ def _summary(report: dict, out: Path, rstats: dict, random_weights: list[str], s
         f"privacy  (protected vs original): SSIM {get('privacy.ssim_mean')}, PSNR {get('privacy.psnr_mean')}",
         f"utility  cosine(protected emb, original emb): {get('utility.embedding_cosine_mean')}; "
         f"between different people: {get('utility.different_people_cosine_mean')}",
-        f"recovery attack PSNR: latent-rag {get('recovery.psnr_mean')}, blur {get('baselines.blur.recovery.psnr_mean')}",
+        f"recovery attack PSNR: latent-rag {get('recovery.psnr_mean')}, "
+        f"blur {get('baselines.blur.recovery.psnr_mean')}",
         f"report: {out / 'report' / 'report.md'} (json: report.json, figure: grid.png)",
         f"took {seconds:.0f} s",
     ]

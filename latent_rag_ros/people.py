@@ -30,7 +30,7 @@ def crop_people(detector: Any, frame: np.ndarray, cfg: Any) -> list[Person]:
         if scores[i] < cfg.min_score or (y1 - y0) < cfg.min_height:
             continue
         px, py = (x1 - x0) * cfg.pad, (y1 - y0) * cfg.pad
-        bx = (max(0, int(x0 - px)), max(0, int(y0 - py)), min(w, int(round(x1 + px))), min(h, int(round(y1 + py))))
+        bx = (max(0, int(x0 - px)), max(0, int(y0 - py)), min(w, round(x1 + px)), min(h, round(y1 + py)))
         if bx[2] - bx[0] < 8 or bx[3] - bx[1] < 16:
             continue
         out.append(Person(np.ascontiguousarray(frame[bx[1]:bx[3], bx[0]:bx[2]]), bx, float(scores[i])))

@@ -92,8 +92,8 @@ def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> 
         data = bytes(msg.image.data)
         assert all(data != r for r in raw_bytes), "a raw crop left the robot"
         # the protected image must differ from the raw crop of the same box substantially
-        src = [c for m in raw for c in m.crops if c.box.x_offset == msg.box.x_offset and c.box.y_offset == msg.box.y_offset
-               and m.header.stamp == msg.header.stamp]
+        src = [c for m in raw for c in m.crops if m.header.stamp == msg.header.stamp
+               and (c.box.x_offset, c.box.y_offset) == (msg.box.x_offset, msg.box.y_offset)]
         if src:
             a = np.frombuffer(data, np.uint8).astype(float)
             b = np.frombuffer(bytes(src[0].image.data), np.uint8).reshape(

@@ -36,7 +36,7 @@ def test_cosine_top_m_matches_hand_computation(store) -> None:
 
 
 def test_query_own_entry_is_never_returned(store) -> None:
-    s, vecs, lat, ids = store
+    s, vecs, _, ids = store
     # An exact duplicate of entry 0 is dropped by the duplicate guard even without its id ...
     got = retrieve(s, vecs[0], m=2)
     assert ids[0] not in got.ids[0]
@@ -48,14 +48,14 @@ def test_query_own_entry_is_never_returned(store) -> None:
 
 
 def test_same_label_exclusion(store) -> None:
-    s, vecs, _, ids = store
+    s, _, _, ids = store
     got = retrieve(s, np.array([1, 0.05, 0], np.float32), m=2, exclude_labels=["a"])
     assert set(got.ids[0].tolist()).isdisjoint({int(ids[0]), int(ids[1])})
     np.testing.assert_array_equal(got.ids[0], ids[[2, 3]])
 
 
 def test_batched_queries_equal_single(store) -> None:
-    s, vecs, _, _ = store
+    s = store[0]
     qs = np.array([[1, 0.2, 0.1], [0.1, 0.2, 1.0], [0.5, 0.5, 0.0]], np.float32)
     both = retrieve(s, qs, m=3)
     for i in range(3):
@@ -80,6 +80,6 @@ def test_bad_requests(store, query, m, needle) -> None:
 
 
 def test_too_few_eligible_entries(store) -> None:
-    s, vecs, _, ids = store
+    s, vecs, _, _ = store
     with pytest.raises(RetrievalError, match="eligible"):
         retrieve(s, vecs[0], m=6)  # 6 entries but the query's own is excluded

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 
-def bgr_to_tensor(crops: Sequence[np.ndarray], size: tuple[int, int], device: str | torch.device = "cpu") -> torch.Tensor:
+def bgr_to_tensor(
+    crops: Sequence[np.ndarray], size: tuple[int, int], device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Resize each BGR uint8 crop to ``size`` = (H, W) and stack as float RGB [B,3,H,W] in [0, 1].
 
     Resizing uses OpenCV's area filter when shrinking and bilinear when enlarging, so a batch is a

@@ -127,13 +127,15 @@ class Protector:
         num_ws, w_dim = retrieved.latents.shape[2:]
         if (num_ws, w_dim) != (self.generator.num_ws, self.generator.w_dim):
             raise ValueError(
-                f"store W+ shape {num_ws}x{w_dim} does not fit the generator ({self.generator.num_ws}x{self.generator.w_dim})"
+                f"store W+ shape {num_ws}x{w_dim} does not fit the generator "
+                f"({self.generator.num_ws}x{self.generator.w_dim})"
             )
         timer = _Timer(self.device)
         timer.ms.update(timings or {})
         images = images.to(self.device).float()
         if tuple(images.shape[-2:]) != self.working_size:
-            images = torch.nn.functional.interpolate(images, size=self.working_size, mode="bilinear", align_corners=False)
+            images = torch.nn.functional.interpolate(images, size=self.working_size, mode="bilinear",
+                                                     align_corners=False)
         if identity is None:
             with timer.stage("embed"):
                 identity = self.embed(images)
@@ -170,7 +172,8 @@ class Protector:
         if not self.cfg.exclude_same_label:
             exclude_labels = None
         with timer.stage("retrieve"):
-            got = retrieve(store, identity.cpu().numpy(), self.cfg.m, exclude_ids, exclude_labels, self.cfg.duplicate_tol)
+            got = retrieve(store, identity.cpu().numpy(), self.cfg.m, exclude_ids, exclude_labels,
+                           self.cfg.duplicate_tol)
         return self.protect(images, got, identity, timer.ms)
 
     def protect_crops(

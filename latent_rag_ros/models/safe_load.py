@@ -46,7 +46,7 @@ def torch_load(path: str | os.PathLike, expected: str, map_location: str | torch
     p = require_file(path, expected)
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
-    except (pickle_errors() + (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError)) as exc:
+    except (*pickle_errors(), RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
             reason = "refused: the file asks to build objects outside the safe allow-list"

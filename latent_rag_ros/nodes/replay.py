@@ -79,7 +79,8 @@ def replay_bag(
         ):
             time.sleep(0.05)
         if pub.get_subscription_count() == 0:
-            raise TimeoutError(f"no subscriber on {camera_topic} after {discovery_timeout:.0f} s: is the graph running?")
+            raise TimeoutError(f"no subscriber on {camera_topic} after {discovery_timeout:.0f} s: "
+                               "is the graph running?")
         t_start = time.monotonic()
         t0 = frames[0][0] if frames else 0
         for t, raw in frames:
