@@ -308,7 +308,7 @@ def default_config_path() -> Path | None:
         from ament_index_python.packages import get_package_share_directory  # optional, ROS only
 
         candidates.append(Path(get_package_share_directory("latent_rag_ros")) / "config" / "latent_rag.yaml")
-    except (ImportError, LookupError):  # ament index absent outside ROS, or package not indexed
+    except (ImportError, LookupError, OSError):  # no ament index outside ROS, or package not indexed
         pass
     import sys
 
