@@ -47,12 +47,20 @@ def torch_load(path: str | os.PathLike, expected: str, map_location: str | torch
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except (*pickle_errors(), RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
-            reason = "refused: the file asks to build objects outside the safe allow-list"
+        detail = _unpickler_detail(str(exc)) or type(exc).__name__
+        if "Unsupported global" in detail:
+            reason = f"refused: the file asks to build objects outside the safe allow-list ({detail})"
         else:
-            reason = f"cannot be read as a torch checkpoint ({msg})"
+            reason = f"not a readable torch checkpoint: corrupt, truncated or another kind of file ({detail})"
         raise ModelFileError(p, expected, reason) from None
+
+
+def _unpickler_detail(text: str) -> str:
+    """The informative part of torch's weights-only error (not its advice to disable the guard)."""
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:200] if lines else ""
 
 
 def pickle_errors() -> tuple[type[BaseException], ...]:
