@@ -104,7 +104,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     stats = replay_bag(args.bag, args.out, cfg.ros.camera_topic, cfg.ros.egress_topic, args.topic, args.rate,
-                       args.storage, drain_s=args.drain)
+                       args.storage, drain_s=args.drain, wait_subscribed=(cfg.ros.crops_topic,))
     print(json.dumps(stats))
     return 0 if stats["protected_received"] > 0 else 1
 

@@ -87,7 +87,8 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         _say("4/5 replaying the camera bag into the graph, recording /reid/protected")
         rstats = replay_bag(str(in_bag), str(out / "protected_bag"), cfg.ros.camera_topic, cfg.ros.egress_topic,
-                            rate=0.25, discovery_timeout=120.0, drain_s=20.0, max_wait_s=300.0)
+                            rate=0.25, discovery_timeout=120.0, drain_s=20.0, max_wait_s=300.0,
+                            wait_subscribed=(cfg.ros.crops_topic,))
         _say(f"   replay: {rstats}")
     finally:
         codes = graph.stop()

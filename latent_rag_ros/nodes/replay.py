@@ -44,11 +44,15 @@ def replay_bag(
     discovery_timeout: float = 20.0,
     drain_s: float = 10.0,
     max_wait_s: float = 600.0,
+    wait_subscribed: tuple[str, ...] = ("/latent_rag/crops",),
+    first_wait_s: float = 120.0,
 ) -> dict[str, float]:
     """Publish the bag's frames at ``rate`` x recorded speed; record what arrives on ``egress_topic``.
 
-    Waits for the graph (a camera subscriber and an egress publisher) before playing, and after the
-    last frame until nothing new arrived for ``drain_s`` seconds (at most ``max_wait_s``).
+    Waits for the graph before playing (a camera subscriber, an egress publisher, and a subscriber
+    on each of ``wait_subscribed``: the protector subscribes to the crops only once its models are
+    loaded). After the last frame it waits up to ``first_wait_s`` for the first output, then until
+    nothing new arrived for ``drain_s`` s (at most ``max_wait_s`` in all).
     """
     from latent_rag_ros.eval.bags import BagRecorder
 
@@ -74,13 +78,15 @@ def replay_bag(
     spinner.start()
     try:
         deadline = time.monotonic() + discovery_timeout
-        while time.monotonic() < deadline and (
-            pub.get_subscription_count() == 0 or node.count_publishers(egress_topic) == 0
-        ):
+        def missing() -> list[str]:
+            out = [] if pub.get_subscription_count() else [f"a subscriber on {camera_topic}"]
+            out += [] if node.count_publishers(egress_topic) else [f"a publisher on {egress_topic}"]
+            return out + [f"a subscriber on {t}" for t in wait_subscribed if not node.count_subscribers(t)]
+
+        while time.monotonic() < deadline and missing():
             time.sleep(0.05)
-        if pub.get_subscription_count() == 0:
-            raise TimeoutError(f"no subscriber on {camera_topic} after {discovery_timeout:.0f} s: "
-                               "is the graph running?")
+        if missing():
+            raise TimeoutError(f"graph not ready after {discovery_timeout:.0f} s: no {', '.join(missing())}")
         t_start = time.monotonic()
         t0 = frames[0][0] if frames else 0
         for t, raw in frames:
@@ -90,9 +96,11 @@ def replay_bag(
                 time.sleep(delay)
             pub.publish(raw)
         play_s = time.monotonic() - t_start
-        last_rx[0] = max(last_rx[0], time.monotonic())
         end = time.monotonic() + max_wait_s
-        while time.monotonic() < end and time.monotonic() - last_rx[0] < drain_s:
+        first_end = time.monotonic() + first_wait_s
+        while not received and time.monotonic() < min(end, first_end):
+            time.sleep(0.1)  # the first protected crops of a CPU protector take a while
+        while received and time.monotonic() < end and time.monotonic() - last_rx[0] < drain_s:
             time.sleep(0.1)
     finally:
         executor.shutdown()
