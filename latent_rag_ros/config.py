@@ -319,6 +319,31 @@ def default_config_path() -> Path | None:
     return None
 
 
+def fastdds_profile_path() -> Path | None:
+    """The packaged Fast DDS profile for camera-sized messages (``config/fastdds_large_images.xml``)."""
+    cfg = default_config_path()
+    path = cfg.parent / "fastdds_large_images.xml" if cfg else None
+    return path if path is not None and path.is_file() else None
+
+
+def use_fastdds_profile(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Point Fast DDS at the packaged large-image profile unless the user chose a profile or another RMW.
+
+    Without it, best-effort frames larger than the 0.5 MB default shared-memory segment travel as
+    UDP fragments and are lost whole when one fragment drops (measured: 0-4 of 10 768x576 frames).
+    """
+    import os
+
+    env = os.environ if env is None else env
+    rmw = env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    if rmw.startswith("rmw_fastrtps") and not (env.get("FASTDDS_DEFAULT_PROFILES_FILE")
+                                                or env.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
+        path = fastdds_profile_path()
+        if path is not None:
+            env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
+    return env
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build and validate a Config from defaults, an optional YAML file and dotted overrides."""
     cfg = Config()

@@ -48,7 +48,6 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True)
     store_dir = out / "store"
     cfg = config_from_args(args, {"store.path": str(store_dir), "protector.device": "cpu"})
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     models = build_models(cfg, "cpu", with_encoder=True)
     if models.random_weights:
         _say("WARNING: the demo generator/encoder weights are not installed, so this run uses RANDOM-WEIGHT "
@@ -81,14 +80,18 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(110, 200)))
     graph = Graph()
-    overrides = {"store.path": str(store_dir), "protector.device": "cpu", "ros.service_timeout_s": 30.0}
+    overrides = {"store.path": str(store_dir), "protector.device": "cpu", "ros.service_timeout_s": 30.0,
+                 "detector.max_crops": 4}
+    # Four node processes share the CPU: one math thread each (oversubscribed OpenMP threads were
+    # measured 5-30x slower on a 2-core machine).
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     graph.start(("store_node", "detector_node", "protector_node", "egress_node"), args.config or _default_cfg(),
-                {**_set_overrides(args), **overrides}, log_dir=str(out / "logs"))
+                {**overrides, **_set_overrides(args)}, env=env, log_dir=str(out / "logs"))
     try:
         _say("4/5 replaying the camera bag into the graph, recording /reid/protected")
         rstats = replay_bag(str(in_bag), str(out / "protected_bag"), cfg.ros.camera_topic, cfg.ros.egress_topic,
-                            rate=0.25, discovery_timeout=120.0, drain_s=20.0, max_wait_s=300.0,
-                            wait_subscribed=(cfg.ros.crops_topic,))
+                            rate=0.25, discovery_timeout=180.0, drain_s=30.0, max_wait_s=300.0,
+                            wait_subscribed=(cfg.ros.crops_topic,), first_wait_s=240.0)
         _say(f"   replay: {rstats}")
     finally:
         codes = graph.stop()

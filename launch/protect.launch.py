@@ -7,20 +7,26 @@
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
-
 
 def generate_launch_description() -> LaunchDescription:
-    default_config = os.path.join(get_package_share_directory("latent_rag_ros"), "config", "latent_rag.yaml")
+    share = get_package_share_directory("latent_rag_ros")
+    default_config = os.path.join(share, "config", "latent_rag.yaml")
+    # Whole camera frames over shared memory between Fast DDS participants (see the XML's comment).
+    default_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
+                                     os.path.join(share, "config", "fastdds_large_images.xml"))
     config = LaunchConfiguration("config_file")
     camera = LaunchConfiguration("camera_topic")
     params = [config, {"config_file": config, "ros.camera_topic": camera}]
     return LaunchDescription([
+        DeclareLaunchArgument("fastdds_profile", default_value=default_profile,
+                              description="Fast DDS XML profile (large shared-memory segment for images)"),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
         DeclareLaunchArgument("config_file", default_value=default_config,
                               description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",

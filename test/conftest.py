@@ -13,5 +13,9 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 # Tests start several node processes at once on a 2-core machine: one math thread each avoids the
 # oversubscription that otherwise makes torch 10-50x slower (measured on MobileNetV2).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Whole camera frames over shared memory (config/fastdds_large_images.xml): the same profile the
+# graph runner gives its nodes.
+_profile = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "fastdds_large_images.xml")
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", os.path.abspath(_profile))
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"

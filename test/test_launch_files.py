@@ -26,7 +26,7 @@ class _Rec:
 def _stub_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     mods = {
         "launch": {"LaunchDescription": _Rec},
-        "launch.actions": {"DeclareLaunchArgument": _Rec},
+        "launch.actions": {"DeclareLaunchArgument": _Rec, "SetEnvironmentVariable": _Rec},
         "launch.conditions": {"IfCondition": _Rec},
         "launch.substitutions": {"LaunchConfiguration": _Rec},
         "launch_ros": {},
@@ -59,6 +59,8 @@ def test_protect_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     args = {a.args[0]: a.kwargs["default_value"] for a in actions if "default_value" in a.kwargs}
     assert args["camera_topic"] == "/camera/image_raw" and args["with_store"] == "false"
     assert args["config_file"] == "/opt/share/latent_rag_ros/config/latent_rag.yaml"
+    env = [a for a in actions if a.args and a.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"]
+    assert len(env) == 1 and env[0].args[1].args[0] == "fastdds_profile"
     nodes = [a for a in actions if "executable" in a.kwargs]
     exes = {n.kwargs["executable"] for n in nodes}
     assert exes == {"detector_node", "protector_node", "egress_node", "store_node"}

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from latent_rag_ros.config import use_fastdds_profile
+
 ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
 
 
@@ -52,7 +54,8 @@ class Graph:
             if log_dir:
                 os.makedirs(log_dir, exist_ok=True)
                 out = open(os.path.join(log_dir, f"{name}.log"), "w")
-            self.procs[name] = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out,
+            child_env = use_fastdds_profile({**os.environ, **(env or {})})
+            self.procs[name] = subprocess.Popen(cmd, env=child_env, stdout=out,
                                                 stderr=subprocess.STDOUT if out else None)
 
     def failed(self) -> dict[str, int]:
