@@ -101,10 +101,13 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
 
     _say("5/5 evaluating: privacy, utility, recovery attack and baselines")
+    from latent_rag_ros.eval.recovery import RecoveryConfig
     from latent_rag_ros.eval.runner import run_eval
 
+    # A small U-Net attacker (16 base channels, batch 8, 128x64) so three attacks fit a CPU demo.
+    attack = RecoveryConfig(steps=args.recovery_steps, channels=16, batch_size=8)
     report = run_eval(cfg, str(in_bag), out / "report", models=models, protected_bag=str(out / "protected_bag"),
-                      recovery_steps=args.recovery_steps, progress=True)
+                      recovery_steps=args.recovery_steps, recovery=attack, progress=True)
     _summary(report, out, rstats, models.random_weights, time.monotonic() - t_start)
     return 0
 
