@@ -6,6 +6,7 @@ PyPI (the PyPI ``cv-bridge`` is a ROS 1 wheel), and the few encodings a camera s
 
 from __future__ import annotations
 
+import array
 import threading
 import time
 from collections import defaultdict, deque
@@ -46,6 +47,13 @@ def declare_config(node: Node) -> Config:
         raise
     node.get_logger().info(f"configuration: {config_file or 'built-in defaults'} ({len(overrides)} overrides)")
     return cfg
+
+
+def f32_array(values: np.ndarray) -> array.array:
+    """float32 values as ``array.array('f')``: what rclpy stores float32[] fields as, without a per-element copy."""
+    out = array.array("f")
+    out.frombytes(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return out
 
 
 def qos_profile(q: QosCfg) -> QoSProfile:

@@ -26,6 +26,7 @@ from latent_rag_ros.nodes.common import (
     NodeStatus,
     bgr_to_image,
     declare_config,
+    f32_array,
     image_to_bgr,
     now_ms,
     qos_profile,
@@ -93,7 +94,7 @@ class ProtectorNode(Node):
             return [None] * len(identity)
         events, futures = [], []
         for f in identity:
-            req = RetrieveLatents.Request(identity=f.astype(np.float32).tolist(), m=self.cfg.protector.m,
+            req = RetrieveLatents.Request(identity=f32_array(f), m=self.cfg.protector.m,
                                           exclude_id=-1, exclude_label="")
             ev = threading.Event()
             fut = self.client.call_async(req)
@@ -147,8 +148,8 @@ class ProtectorNode(Node):
         if len(shapes) != 1:
             raise RuntimeError(f"store returned inconsistent latent shapes {shapes}")
         shape = shapes.pop()
-        latents = np.stack([np.asarray(responses[i].latents, dtype=np.float32).reshape(shape) for i in keep])
-        got = Retrieved(latents, np.stack([np.asarray(responses[i].scores, np.float32) for i in keep]),
+        latents = np.stack([np.frombuffer(responses[i].latents, dtype=np.float32).reshape(shape) for i in keep])
+        got = Retrieved(latents, np.stack([np.frombuffer(responses[i].scores, np.float32) for i in keep]),
                         np.stack([np.asarray(responses[i].ids, np.int64) for i in keep]),
                         responses[keep[0]].store_version)
         timings = {"prepare": t_embed - t0, "embed": t_ret - t_embed, "retrieve": t_done - t_ret}
@@ -161,7 +162,7 @@ class ProtectorNode(Node):
             out = ProtectedCrop()
             out.header = src.header
             out.image = bgr_to_image(protected[j], src.header, encoding="rgb8")
-            out.embedding = result.embeddings[j].detach().float().cpu().numpy().tolist()
+            out.embedding = f32_array(result.embeddings[j].detach().float().cpu().numpy())
             out.embedding_model = self.model_name
             out.box = RegionOfInterest(x_offset=src.box.x_offset, y_offset=src.box.y_offset,
                                        width=src.box.width, height=src.box.height)

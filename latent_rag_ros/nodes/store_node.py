@@ -15,7 +15,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
 from latent_rag_ros.core.retrieval import RetrievalError, retrieve
-from latent_rag_ros.nodes.common import NodeStatus, declare_config, now_ms
+from latent_rag_ros.nodes.common import NodeStatus, declare_config, f32_array, now_ms
 from latent_rag_ros.srv import AddIdentities, RetrieveLatents
 
 
@@ -64,7 +64,7 @@ class StoreNode(Node):
             res.message = f"m={m} out of range 1..{self.cfg.store.max_m}"
             self.status.count("errors")
             return res
-        query = np.asarray(req.identity, dtype=np.float32)
+        query = np.frombuffer(req.identity, dtype=np.float32) if len(req.identity) else np.zeros(0, np.float32)
         exclude = int(req.exclude_id) if req.exclude_id >= 0 else None
         try:
             with self._lock:
@@ -75,9 +75,9 @@ class StoreNode(Node):
             return res
         lat = got.latents[0]
         res.ok = True
-        res.latents = lat.reshape(-1).astype(np.float32).tolist()
+        res.latents = f32_array(lat.reshape(-1))
         res.shape = [int(s) for s in lat.shape]
-        res.scores = got.scores[0].astype(np.float32).tolist()
+        res.scores = f32_array(got.scores[0])
         res.ids = [int(i) for i in got.ids[0]]
         res.store_version = got.version
         self.status.latency("retrieve", now_ms() - t0)
@@ -95,8 +95,8 @@ class StoreNode(Node):
         try:
             if n < 1 or n > self.cfg.store.max_add:
                 raise ValueError(f"count={n} out of range 1..{self.cfg.store.max_add}")
-            vec = np.asarray(req.identities, dtype=np.float32)
-            lat = np.asarray(req.latents, dtype=np.float32)
+            vec = np.frombuffer(req.identities, dtype=np.float32)
+            lat = np.frombuffer(req.latents, dtype=np.float32)
             if vec.size != n * store.dim:
                 raise ValueError(f"identities: expected {n}x{store.dim} values, got {vec.size}")
             if lat.size != n * store.num_ws * store.w_dim:
