@@ -98,3 +98,20 @@ def test_alternating_schedule_updates_one_group_per_step(nets) -> None:
     assert torch.equal(out[:, COARSE:], w[:, COARSE:]) and not torch.equal(out[:, :COARSE], w[:, :COARSE])
     with pytest.raises(ValueError):
         identity_aligned_generation(w, images, f, g, reid, StepOptions(steps=1, schedule="random"))
+
+
+def test_losses_match_eq_6_and_7_by_hand() -> None:
+    from latent_rag_ros.core.generation import losses
+
+    img = torch.tensor([[[[0.0, 1.0]], [[0.5, 0.5]], [[1.0, 0.0]]]])       # [1,3,1,2]
+    target = torch.zeros_like(img)
+    # ||G(w) - I|| = sqrt(0 + 1 + .25 + .25 + 1 + 0) = sqrt(2.5); L_div is its negative (eq. 6)
+    identity = torch.tensor([[1.0, 0.0]])
+
+    def reid(x: torch.Tensor) -> torch.Tensor:   # a fixed linear "encoder": E(x) = (x00, x01) of channel 0
+        return x[:, 0, 0, :]
+
+    distance, id_loss = losses(img, target, identity, reid)
+    assert torch.allclose(distance, torch.tensor([2.5 ** 0.5]))
+    # E(G(w)) = (0, 1): cos with f = (1, 0) is 0, so L_id = 1 (eq. 7)
+    assert torch.allclose(id_loss, torch.tensor([1.0]))

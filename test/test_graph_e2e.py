@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
@@ -55,6 +56,14 @@ def graph_setup(tmp_path_factory: pytest.TempPathFactory):
     return cfg_file, cfg, models.reid.dim
 
 
+def _latest_status(diags: list) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for arr in list(diags):
+        for st in arr.status:
+            out[st.name.split(": ")[-1]] = {kv.key: kv.value for kv in st.values}
+    return out
+
+
 def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> None:
     cfg_file, cfg, dim = graph_setup
     graph = Graph()
@@ -62,6 +71,7 @@ def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> 
     try:
         graph.start(["store_node", "detector_node", "protector_node", "egress_node"], str(cfg_file))
         raw = probe.collect(PersonCrops, cfg.ros.crops_topic)
+        diags = probe.collect(DiagnosticArray, "/diagnostics")
         out = probe.collect(ProtectedCrop, cfg.ros.egress_topic)
         cam = probe.node.create_publisher(Image, cfg.ros.camera_topic,
                                           QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
@@ -77,6 +87,14 @@ def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> 
             time.sleep(1.0)
         assert len(out) >= 3, f"only {len(out)} protected crops after {k} frames"
         assert not graph.failed(), f"a node died: {graph.failed()}"
+        # every node reports its status; the protector says the store is reachable and counts crops
+        wait_for(lambda: len(_latest_status(diags)) == 4 and "crops_out" in _latest_status(diags).get(
+            "protector_node", {}), 30, "status of all four nodes on /diagnostics")
+        status = _latest_status(diags)
+        assert status["protector_node"]["store_reachable"] == "True"
+        prot = status["protector_node"]
+        assert int(prot["crops_out"]) >= 3 and "latency_ms.generate.mean" in prot
+        assert status["store_node"]["store_loaded"] == "True" and int(status["detector_node"]["frames_in"]) > 0
     finally:
         codes = graph.stop()
         probe.close()
@@ -108,7 +126,7 @@ def test_bag_replay_through_the_graph_and_eval(graph_setup, tmp_path, storage) -
     from latent_rag_ros.eval.runner import run_eval
     from latent_rag_ros.nodes.replay import replay_bag
 
-    cfg_file, cfg, dim = graph_setup
+    cfg_file, cfg, _ = graph_setup
     bag = tmp_path / "camera"
     make_bag(vtest_frames([420, 440, 460, 480, 500, 520]), bag, storage=storage, rate_hz=2.0)
     graph = Graph()

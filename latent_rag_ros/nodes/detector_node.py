@@ -81,13 +81,15 @@ class DetectorNode(Node):
             out.crops.append(PersonCrop(header=msg.header, image=bgr_to_image(person.crop, msg.header), box=roi,
                                         score=float(person.score), track_id=-1, label=""))
         self.status.count("frames_processed")
-        if out.crops:
+        if out.crops and not self.slot.closed:
             self.pub.publish(out)
             self.status.count("crops_out", len(out.crops))
         self.status.set(DiagnosticStatus.OK, "running")
 
     def destroy_node(self) -> None:
+        # stop the worker before the publishers go away (publishing on a destroyed node aborts)
         self.slot.close()
+        self._worker.join(timeout=10.0)
         super().destroy_node()
 
 

@@ -157,6 +157,8 @@ class ProtectorNode(Node):
         sizes = [crops[i].shape[:2] for i in keep]
         protected = tensor_to_bgr(result.images, sizes)
         names = list(result.timings_ms)
+        if self.slot.closed:
+            return  # shutting down: the publishers may already be gone
         for j, i in enumerate(keep):
             src = metas[i]
             out = ProtectedCrop()
@@ -180,8 +182,9 @@ class ProtectorNode(Node):
         self.status.latency("frame", now_ms() - t0)
 
     def destroy_node(self) -> None:
+        # stop the worker before the publishers go away (publishing on a destroyed node aborts)
         self.slot.close()
-        self._worker.join(timeout=5.0)
+        self._worker.join(timeout=60.0)
         self.protector = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
