@@ -167,6 +167,9 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a model file should read like any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

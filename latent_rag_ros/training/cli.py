@@ -1,0 +1,215 @@
+"""``latent-rag train generator|encoder|evaluate``: train the small demo models and measure them.
+
+Registered into the main ``latent-rag`` parser by :func:`register`. Hyper-parameter flags default to
+"not given": a new run takes the dataclass defaults of :class:`GeneratorTrainConfig` /
+:class:`EncoderTrainConfig`; ``--resume`` takes the checkpoint's settings, and a flag that would
+change what a step computes is refused (``--steps``, ``--minutes``, ``--checkpoint-every``,
+``--log-every``, ``--threads``, ``--device`` may change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# flag -> config field, per trainer (argparse dest is the flag without dashes, '-' -> '_')
+_G_FLAGS = {
+    "resolution": int, "channels": int, "num_layers": int, "lrelu_upsampling": int, "z_dim": int, "w_dim": int,
+    "mapping_layers": int,
+    "d_channels": int, "batch": int, "steps": int, "g_lr": float, "d_lr": float, "r1_gamma": float,
+    "r1_interval": int, "ema_kimg": float, "augment": str, "xflip": float, "seed": int, "recon_weight": float,
+    "e_lr": float, "e_width": float, "e_style_width": int, "checkpoint_every": int, "log_every": int,
+    "minutes": float, "threads": int, "device": str,
+}
+_E_FLAGS = {
+    "width": float, "style_width": int, "init": str, "batch": int, "steps": int, "lr": float, "l2": float,
+    "l1": float, "ssim": float, "id_weight": float, "reid": str, "delta_weight": float, "progressive_every": int,
+    "xflip": float, "seed": int, "checkpoint_every": int, "log_every": int, "minutes": float, "threads": int,
+    "device": str,
+}
+_HELP = {
+    "resolution": "image height (width = height/2); default 64", "channels": "synthesis width; default 32",
+    "steps": "total optimisation steps of the run", "batch": "batch size; default 16",
+    "minutes": "stop (and checkpoint) after this many minutes of this invocation",
+    "recon_weight": "joint encoder/reconstruction warm-up weight (0: plain GAN)",
+    "augment": "DiffAugment policy, e.g. color,translation,cutout (none: off)",
+    "init": "start from this E4E checkpoint (e.g. GEN_RUN/encoder_warm.pt)",
+    "id_weight": "identity loss weight with the re-ID encoder (0: off)",
+    "progressive_every": "steps per unlocked W+ delta (0: all from the start)",
+    "threads": "torch CPU threads (0: default)",
+}
+
+
+def _blocks(text: str) -> list[int]:
+    parts = [int(p) for p in text.split(",") if p.strip()]
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError("expected four comma-separated block counts, e.g. 1,2,2,1")
+    return parts
+
+
+def _add_flags(p: argparse.ArgumentParser, flags: dict[str, type]) -> None:
+    for dest, typ in flags.items():
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=_HELP.get(dest))
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="video, rosbag2, folder of crops, dataset layout or crops .npz")
+    p.add_argument("--frames", default=None, help="frame range of a video/bag, START:STOP (e.g. 0:480)")
+    p.add_argument("--frame-step", type=int, default=1, help="use every Nth frame of a video/bag")
+    p.add_argument("--split", default=None, help="split of a dataset layout (train/query/gallery)")
+    p.add_argument("--limit", type=int, default=0, help="use at most this many crops")
+    p.add_argument("--config", default=None, help="parameter file for the detector settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run folder (checkpoints, outputs, logs)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume-from", default="", help="continue from this checkpoint file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _make_config(cls: type, args: argparse.Namespace, flags: dict[str, type], stored: dict[str, Any] | None) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in (stored or {}).items() if k in names}
+    values.update({k: getattr(args, k) for k in flags if getattr(args, k, None) is not None})
+    if getattr(args, "e_blocks", None) is not None:
+        values["e_blocks"] = args.e_blocks
+    if getattr(args, "blocks", None) is not None:
+        values["blocks"] = args.blocks
+    return cls(**values)
+
+
+def _stored_config(out: Path, args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
+    from latent_rag_ros.training import checkpoints as ck
+    from latent_rag_ros.training.generator import resolve_resume
+
+    path = resolve_resume(out, args.resume_from or args.resume)
+    if path is None:
+        return None
+    return dict(ck.load_checkpoint(path, kind, ("config",))["config"])
+
+
+def _detector_config(args: argparse.Namespace) -> Any:
+    from latent_rag_ros.cli import config_from_args
+
+    return config_from_args(args)
+
+
+def _crops(args: argparse.Namespace, size: tuple[int, int], cache: Path | None) -> Any:
+    from latent_rag_ros.training.data import cached_crops
+
+    crops = cached_crops(args.data, size, cache, frames=args.frames, frame_step=args.frame_step,
+                         config=_detector_config(args), split=args.split)
+    if args.limit and len(crops) > args.limit:
+        from latent_rag_ros.training.data import CropSet
+
+        crops = CropSet(crops.images[: args.limit].clone(), crops.names[: args.limit], dict(crops.meta))
+    print(f"data: {len(crops)} crops of {size[0]}x{size[1]} from {args.data}", file=sys.stderr)
+    return crops
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    """Train or resume a generator run."""
+    from latent_rag_ros.training.generator import GeneratorTrainConfig, train_generator
+
+    out = Path(args.out)
+    stored = _stored_config(out, args, "generator") if (args.resume or args.resume_from) else None
+    cfg = _make_config(GeneratorTrainConfig, args, _G_FLAGS, stored)
+    cfg.validate()
+    crops = _crops(args, (cfg.resolution, cfg.resolution // 2), out / "crops.npz")
+    summary = train_generator(cfg, crops, out, resume=args.resume_from or args.resume,
+                              progress=not args.no_progress)
+    print(json.dumps({k: summary[k] for k in ("step", "stopped", "elapsed_s_total", "files", "last_losses")}))
+    return 0
+
+
+def cmd_train_encoder(args: argparse.Namespace) -> int:
+    """Train or resume an encoder run for a generator file."""
+    from latent_rag_ros.models.stylegan3 import load_generator
+    from latent_rag_ros.training.encoder import EncoderTrainConfig, train_encoder
+
+    out = Path(args.out)
+    stored = _stored_config(out, args, "encoder") if (args.resume or args.resume_from) else None
+    cfg = _make_config(EncoderTrainConfig, args, _E_FLAGS, stored)
+    cfg.validate()
+    G = load_generator(args.generator)
+    crops = _crops(args, (int(G.img_height), int(G.img_width)), out / "crops.npz")
+    del G
+    summary = train_encoder(cfg, crops, args.generator, out, resume=args.resume_from or args.resume,
+                            progress=not args.no_progress)
+    print(json.dumps({k: summary[k] for k in ("step", "stopped", "elapsed_s_total", "files", "last_losses")}))
+    return 0
+
+
+def cmd_train_evaluate(args: argparse.Namespace) -> int:
+    """Mean SSIM (and L1, PSNR) of encode -> regenerate on crops; optional JSON report and figure."""
+    import torch
+
+    from latent_rag_ros.models.e4e import load_e4e
+    from latent_rag_ros.models.stylegan3 import load_generator
+    from latent_rag_ros.training.evaluate import image_grid, reconstruction_report, save_png
+    from latent_rag_ros.training.runs import set_threads, write_json
+
+    set_threads(args.threads)
+    G = load_generator(args.generator)
+    size = (int(G.img_height), int(G.img_width))
+    E = load_e4e(args.encoder, num_ws=G.num_ws, input_size=size)
+    crops = _crops(args, size, Path(args.cache) if args.cache else None)
+    with torch.no_grad():
+        report, rec = reconstruction_report(G, E, crops.as_float(), batch=args.batch)
+    report.update({"generator": str(args.generator), "encoder": str(args.encoder), "data": crops.meta})
+    if args.figure:
+        n = min(args.figure_count, len(crops))
+        pick = torch.linspace(0, len(crops) - 1, n).round().long()
+        save_png(args.figure, image_grid([crops.as_float()[pick], rec[pick]]))
+        report["figure"] = str(args.figure)
+    if args.report:
+        write_json(Path(args.report), report)
+    print(json.dumps(report))
+    return 0
+
+
+def register(subparsers: Any, bench_subparsers: Any = None) -> None:
+    """Add ``train`` (``generator``, ``encoder``, ``evaluate``) to the ``latent-rag`` parser."""
+    from latent_rag_ros.training.encoder import EncoderTrainConfig
+    from latent_rag_ros.training.generator import GeneratorTrainConfig
+
+    train = subparsers.add_parser("train", help="train the small demo generator / encoder (CPU or GPU)")
+    sub = train.add_subparsers(dest="train_command", required=True)
+
+    g_defaults = GeneratorTrainConfig()
+    p = sub.add_parser("generator", help="GAN-train a small StyleGAN3 generator on person crops",
+                       description=f"Defaults: {json.dumps(dataclasses.asdict(g_defaults))}")
+    _add_data_args(p)
+    _add_run_args(p)
+    _add_flags(p, _G_FLAGS)
+    p.add_argument("--e-blocks", dest="e_blocks", type=_blocks, default=None,
+                   help="IR-SE stage depths of the warm-up encoder, e.g. 1,2,2,1")
+    p.set_defaults(func=cmd_train_generator)
+
+    e_defaults = EncoderTrainConfig()
+    p = sub.add_parser("encoder", help="train an E4E-style W+ encoder for a generator",
+                       description=f"Defaults: {json.dumps(dataclasses.asdict(e_defaults))}")
+    _add_data_args(p)
+    _add_run_args(p)
+    p.add_argument("--generator", required=True, help="generator file (NAME.safetensors + NAME.json, or .pkl)")
+    _add_flags(p, _E_FLAGS)
+    p.add_argument("--blocks", dest="blocks", type=_blocks, default=None, help="IR-SE stage depths, e.g. 1,2,2,1")
+    p.set_defaults(func=cmd_train_encoder)
+
+    p = sub.add_parser("evaluate", help="mean SSIM of encode -> regenerate on (held-out) crops")
+    _add_data_args(p)
+    p.add_argument("--generator", required=True)
+    p.add_argument("--encoder", required=True, help="E4E checkpoint (e.g. RUN/encoder.pt)")
+    p.add_argument("--report", default="", help="write the metrics as JSON here")
+    p.add_argument("--figure", default="", help="write originals (top) / reconstructions (bottom) PNG here")
+    p.add_argument("--figure-count", type=int, default=12)
+    p.add_argument("--cache", default="", help="crops cache file (.npz) to reuse/write")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_train_evaluate)
