@@ -66,7 +66,7 @@ def build_generator(cfg: Config, device: str | torch.device = "cpu") -> tuple[to
     if spec == "demo":
         demo = _demo_file("generator.safetensors")
         if demo is not None:
-            return load_generator(demo, device=device), f"demo:{demo}", False
+            return load_generator(demo, device=device), f"demo:generator#{file_digest(demo)}", False
         LOG.warning("demo generator weights are not installed: using a RANDOM-WEIGHT generator")
         spec = "random"
     if spec == "random":
@@ -100,7 +100,7 @@ def build_latent_encoder(
         if demo is not None:
             from latent_rag_ros.models.e4e import load_e4e
 
-            return load_e4e(demo, num_ws=generator.num_ws, device=device), f"demo:{demo}", False
+            return load_e4e(demo, num_ws=generator.num_ws, device=device), f"demo:encoder#{file_digest(demo)}", False
         LOG.warning("demo encoder weights are not installed: using a RANDOM-WEIGHT latent encoder")
         spec = "random"
     if spec == "random":
