@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default="demo_out", help="output folder (report, bags, logs)")
     p.add_argument("--query-frames", type=int, default=40, help="query frames replayed through the graph")
-    p.add_argument("--recovery-steps", type=int, default=150)
+    p.add_argument("--recovery-steps", type=int, default=120)
     p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks (not tests)")

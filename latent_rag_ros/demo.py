@@ -104,6 +104,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from latent_rag_ros.eval.recovery import RecoveryConfig
     from latent_rag_ros.eval.runner import run_eval
 
+    if os.getloadavg()[0] > 1.0:
+        torch.set_num_threads(1)  # other work on the CPU: one OpenMP thread is much faster than two
+
     # A small U-Net attacker (16 base channels, batch 8, 128x64) so three attacks fit a CPU demo.
     attack = RecoveryConfig(steps=args.recovery_steps, channels=16, batch_size=8)
     report = run_eval(cfg, str(in_bag), out / "report", models=models, protected_bag=str(out / "protected_bag"),
