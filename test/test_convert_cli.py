@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from helpers_nvlabs import make_small_generator, write_nvlabs_snapshot
 from latent_rag_ros.cli import main as cli_main
 from latent_rag_ros.models.stylegan3 import load_generator
+
+from helpers_nvlabs import make_small_generator, write_nvlabs_snapshot
 
 
 def test_convert_round_trip_gives_identical_images(tmp_path: Path) -> None:

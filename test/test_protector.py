@@ -15,6 +15,7 @@ from latent_rag_ros.config import ProtectorConfig
 from latent_rag_ros.core.protector import Protector
 from latent_rag_ros.models.stylegan3 import Generator
 from latent_rag_ros.store import open_store
+
 from nets import TinyReID
 from rosutil import vtest_frames
 
@@ -67,7 +68,8 @@ def test_protected_images_differ_from_the_input_and_keep_sizes(small_setup) -> N
 def test_wrong_store_shape_is_refused(small_setup, tmp_path: Path) -> None:
     g, reid, _ = small_setup
     other = open_store(tmp_path / "other", create=True, dim=16, num_ws=g.num_ws + 1, w_dim=32)
-    other.add(np.ones((4, 16), np.float32) + np.eye(4, 16, dtype=np.float32), np.zeros((4, g.num_ws + 1, 32), np.float32))
+    other.add(np.ones((4, 16), np.float32) + np.eye(4, 16, dtype=np.float32),
+              np.zeros((4, g.num_ws + 1, 32), np.float32))
     prot = Protector(g, reid, ProtectorConfig(m=2, steps=1, device="cpu"))
     with pytest.raises(ValueError, match="W\\+ shape"):
         prot.protect_with_store(torch.rand(1, 3, 32, 16), other)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from store_crash_writer import DIM, C, L, entry
 
 from latent_rag_ros.store import open_store
@@ -93,7 +92,6 @@ def _check(path: Path, acked: dict[int, str], removed: set[int], in_flight: set[
         s.close()
 
 
-@pytest.mark.slow
 def test_sigkill_never_loses_acknowledged_entries(tmp_path: Path) -> None:
     path = tmp_path / "store"
     open_store(path, create=True, dim=DIM, num_ws=L, w_dim=C).close()
