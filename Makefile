@@ -14,6 +14,7 @@ setup:
 	@LRR_VENV=$(VENV) bash tools/setup.sh
 
 test: setup
+	$(VENV)/bin/ruff check latent_rag_ros test launch
 	cd test && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
 demo: setup
