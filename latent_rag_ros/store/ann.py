@@ -2,18 +2,24 @@
 
 Policy (parameters in :class:`IndexParams`, all recorded in the store manifest):
 
-- up to ``exact_max`` entries (default 10 000): ``IndexFlatIP``, exact. Measured here (2 cores,
-  512-d): one query costs ~0.15 ms at 5k, ~1.5 ms at 20k, ~6 ms at 50k, ~15 ms at 100k, so exact
-  search stops meeting the 1 ms target a little above 10k entries.
+- up to ``exact_max`` entries (default 5 000): ``IndexFlatIP``, exact. Measured here (2 cores,
+  512-d, one thread): one query costs ~0.15 ms at 5k (the vectors fit in cache), 0.7-1.0 ms at 10k,
+  ~1.5 ms at 20k, ~6 ms at 50k, so exact search leaves no margin under the 1 ms target past ~5k.
 - above it: ``IndexHNSWFlat`` (inner product, ``M=32``, ``efConstruction=40``). HNSW needs no
   training, grows by plain ``add`` (the store adds every acknowledged entry at once), and keeps an
   exact flat copy of the vectors (``storage``) that serves exact searches and ``reconstruct``.
-  ``efSearch`` is tuned when the index is built or has doubled: the smallest value in
-  ``EF_CANDIDATES`` whose recall@10 against exact search reaches ``recall_target`` (default
-  0.95) on 256 probe queries placed like unseen images around stored entries (see ``tune``).
-  IVF was measured and rejected as the default: on 1M clustered 512-d vectors whose
-  within-identity spread is high-dimensional, IVF-Flat (2048 or 4096 lists) reached only 0.60
-  recall@10 at nprobe 64 where HNSW holds >= 0.95 (HNSW at 100k: recall 0.984 at efSearch 64).
+  ``efSearch`` is tuned when the graph is built and whenever a batch of >= 512 vectors brings it
+  to twice the size of the last tuning: the smallest value in ``EF_CANDIDATES`` whose recall@10
+  against exact search reaches ``recall_target`` (default 0.97) on the batch's last 256 vectors,
+  searched before they are inserted (real unseen samples; see ``tune``). A store grown only by
+  small adds keeps the efSearch of its last tuning; ``ef_search`` fixes it by hand.
+  Why HNSW rather than IVF: no training (IVF's k-means must be redone as the store grows),
+  cheap incremental adds, and the flat storage for exact answers. On the bench's worst-case
+  ``isotropic`` data (store/bench.py) the two were close at 100k (IVF-1024 nprobe 32: recall@10
+  0.955 at 0.43 ms; HNSW efSearch 32: 0.958 at 0.41 ms) and both failed at 1M (IVF-2048
+  nprobe 64: 0.60 at 6.6 ms; HNSW efSearch 512: 0.79 at 7.6 ms): data without low-dimensional
+  structure defeats every partition or graph. On the ``structured`` data calibrated to real CNN
+  person embeddings HNSW reaches >= 0.98 (numbers in the store's bench report).
 - ``k > approx_max_k`` (default 256), or an HNSW answer with fewer results than asked (heavily
   filtered graph): exact search on the flat storage, so any ``k`` up to ``len(store)`` is correct.
 - removed entries stay in the index until the store purges them and are filtered at search time
@@ -43,17 +49,18 @@ import numpy as np
 
 LOG = logging.getLogger(__name__)
 EF_CANDIDATES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+HOLDOUT = 256
 
 
 @dataclass
 class IndexParams:
     """Index policy knobs (documented in the module docstring)."""
 
-    exact_max: int = 10_000
+    exact_max: int = 5_000
     hnsw_m: int = 32
     ef_construction: int = 40
     ef_search: int = 0            # 0 = tune to ``recall_target``
-    recall_target: float = 0.95
+    recall_target: float = 0.97
     approx_max_k: int = 256
     parallel_min_batch: int = 16
     use_gpu: bool = True
@@ -96,6 +103,7 @@ class IdentityIndex:
     def _new_hnsw(self) -> faiss.IndexHNSWFlat:
         idx = faiss.IndexHNSWFlat(self.dim, self.params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         idx.hnsw.efConstruction = self.params.ef_construction
+        idx.hnsw.efSearch = self.params.ef_search or 64  # until tuned
         return idx
 
     @property
@@ -109,73 +117,81 @@ class IdentityIndex:
         return int(self.index.hnsw.efSearch) if self.kind == "hnsw" else 0
 
     def add(self, vectors: np.ndarray, alive: np.ndarray | None = None) -> None:
-        """Append normalised vectors as the next slots; switches to HNSW past ``exact_max``."""
+        """Append normalised vectors as the next slots; switches to HNSW past ``exact_max``.
+
+        ``alive`` (the store's live-slot mask, covering the slots after this add) lets tuning skip
+        removed entries.
+        """
         if len(vectors) == 0:
             return
-        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        if self.kind == "flat" and self.ntotal > self.params.exact_max:
-            self._to_hnsw(alive)
-        elif self.kind == "hnsw" and self.ntotal >= 2 * max(self.tuned_at, 1) and not self.params.ef_search:
-            self.tune(alive)
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.kind == "flat":
+            self.index.add(x)
+            if self.ntotal > self.params.exact_max:
+                self._to_hnsw(alive)
+            return
+        due = self.kind == "hnsw" and not self.params.ef_search and self.ntotal + len(x) >= 2 * max(self.tuned_at, 1)
+        if due and len(x) >= 2 * HOLDOUT:
+            self.index.add(x[:-HOLDOUT])
+            self.tune(x[-HOLDOUT:], alive)  # the batch's last vectors are not in the graph yet
+            self.index.add(x[-HOLDOUT:])
+        else:  # small adds keep the efSearch of the last tuning (see the module docstring)
+            self.index.add(x)
 
     def _to_hnsw(self, alive: np.ndarray | None) -> None:
         flat = self.index
+        n = flat.ntotal
         hnsw = self._new_hnsw()
+        hold = HOLDOUT if n >= 4 * HOLDOUT else 0
         step = 100_000
-        for s in range(0, flat.ntotal, step):
-            hnsw.add(flat.reconstruct_n(s, min(step, flat.ntotal - s)))
+        for s in range(0, n - hold, step):
+            hnsw.add(flat.reconstruct_n(s, min(step, n - hold - s)))
         self.index = hnsw
         self.kind = "hnsw"
-        LOG.info("store index switched to HNSW at %d entries", self.ntotal)
+        LOG.info("store index switched to HNSW at %d entries", n)
         if self.params.ef_search:
             hnsw.hnsw.efSearch = self.params.ef_search
-        else:
-            self.tune(alive)
+        elif hold:
+            self.tune(flat.reconstruct_n(n - hold, hold), alive)
+        if hold:
+            hnsw.add(flat.reconstruct_n(n - hold, hold))
 
-    def tune(self, alive: np.ndarray | None, queries: int = 256, seed: int = 0) -> float:
-        """Pick the smallest efSearch whose recall@10 on probe queries reaches ``recall_target``.
+    def tune(self, queries: np.ndarray, alive: np.ndarray | None) -> float:
+        """Pick the smallest efSearch whose recall@10 on ``queries`` reaches ``recall_target``.
 
-        Probe queries stand in for unseen images: for a sampled entry ``x`` with nearest other
-        entry at cosine ``s``, the probe is ``s * x + sqrt(1 - s^2) * u`` (``u`` a random unit
-        vector orthogonal to ``x``), i.e. as far from ``x`` as its nearest neighbour, in a random
-        direction. Measured on clustered 512-d data this is harder than new samples of stored
-        identities (at 50k: probe recall 0.96 where new samples reach 1.0), so the choice is safe.
+        ``queries`` must be real vectors that are not (yet) in the graph: the store passes the last
+        vectors of a large batch before inserting them, so they behave exactly like unseen images
+        from the same source. (Stored vectors used as queries overrate HNSW, because the graph
+        leads straight to the query's own node; synthetic probes proved unreliable both ways.)
+        Ground truth is exact search over the live entries already in the index.
         """
         if self.kind != "hnsw":
             return 1.0
         n = self.ntotal
-        live = np.flatnonzero(alive[:n]) if alive is not None else np.arange(n)
-        if len(live) < 12:
+        live_n = int(alive[:n].sum()) if alive is not None else n
+        if live_n < 20 or len(queries) == 0:
             return 1.0
-        rng = np.random.default_rng(seed)
-        qs = np.sort(rng.choice(live, size=min(queries, len(live)), replace=False))
-        x = self.index.reconstruct_batch(qs)
-        sel = _bitmap_selector(alive, n) if alive is not None and len(live) < n else None
-        exact = self._storage()
-        near, _ = exact.search(x, 2, params=_flat_params(sel))
-        s = np.clip(near[:, 1:2], -1.0, 1.0)
-        u = rng.standard_normal(x.shape).astype(np.float32)
-        u -= (u * x).sum(axis=1, keepdims=True) * x
-        u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-        probe = np.ascontiguousarray(s * x + np.sqrt(1.0 - s**2) * u, dtype=np.float32)
-        _, gt = exact.search(probe, 10, params=_flat_params(sel))
+        sel = _bitmap_selector(alive, n) if alive is not None and live_n < n else None
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        _, gt = self._storage().search(q, 10, params=_flat_params(sel))
         truth = [set(row.tolist()) for row in gt]
         recall = 0.0
         for ef in EF_CANDIDATES:
             p = faiss.SearchParametersHNSW(efSearch=ef, sel=sel[0] if sel else None)
-            _, got = self.index.search(probe, 10, params=p)
+            _, got = self.index.search(q, 10, params=p)
             recall = float(np.mean([len(set(a.tolist()) & b) / 10 for a, b in zip(got, truth)]))
             if recall >= self.params.recall_target:
                 break
         self.index.hnsw.efSearch = ef
-        self.tuned_at = n
+        self.tuned_at = n + len(q)
         self.tuned_recall = recall
         if recall < self.params.recall_target:
-            LOG.warning("HNSW recall target %.2f not reached on %d entries (efSearch=%d gives %.3f on probe "
-                        "queries): raise hnsw_m/ef_construction or lower exact_max", self.params.recall_target,
+            LOG.warning("HNSW recall target %.2f not reached on %d entries (efSearch=%d gives %.3f on held-out "
+                        "vectors): raise hnsw_m/ef_construction or lower exact_max", self.params.recall_target,
                         n, ef, recall)
         else:
-            LOG.info("HNSW efSearch=%d gives recall@10=%.3f on %d entries", ef, recall, n)
+            LOG.info("HNSW efSearch=%d gives recall@10=%.3f on %d held-out vectors (%d entries)", ef, recall,
+                     len(q), n)
         return recall
 
     def _storage(self) -> Any:
@@ -285,7 +301,7 @@ class IdentityIndex:
         if self.kind == "hnsw":
             d.update(M=self.params.hnsw_m, ef_construction=self.params.ef_construction,
                      ef_search=self.ef_search, recall_target=self.params.recall_target, tuned_at=self.tuned_at,
-                     probe_recall=None if math.isnan(self.tuned_recall) else round(self.tuned_recall, 4))
+                     holdout_recall=None if math.isnan(self.tuned_recall) else round(self.tuned_recall, 4))
         return d
 
 
