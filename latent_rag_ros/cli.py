@@ -60,7 +60,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     models = build_models(cfg, device, with_encoder=False)
     if models.random_weights:
         print(f"WARNING: random-weight models in use: {', '.join(models.random_weights)}", file=sys.stderr)
-    store = open_store(args.store or cfg.store.path)
+    store = open_store(args.store or cfg.store.path, read_only=True)  # a running store_node holds the writer lock
     detector = build_detector(cfg) if Path(args.input).is_file() else None
     protector = Protector(models.generator, models.reid, cfg.protector, device)
     out = Path(args.out)
