@@ -54,6 +54,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     from latent_rag_ros.datasets import open_source
     from latent_rag_ros.models.factory import build_detector, build_models
     from latent_rag_ros.store import open_store
+    from latent_rag_ros.store.base import model_mismatch
 
     cfg = config_from_args(args)
     device = resolve_device(cfg.protector.device)
@@ -61,6 +62,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if models.random_weights:
         print(f"WARNING: random-weight models in use: {', '.join(models.random_weights)}", file=sys.stderr)
     store = open_store(args.store or cfg.store.path, read_only=True)  # a running store_node holds the writer lock
+    mismatch = model_mismatch(store.built_with, {k: models.sources[k] for k in ("generator", "reid")},
+                              f"store {args.store or cfg.store.path!r}")
+    if mismatch:
+        store.close()
+        raise SystemExit(f"latent-rag protect: {mismatch}")
     detector = build_detector(cfg) if Path(args.input).is_file() else None
     protector = Protector(models.generator, models.reid, cfg.protector, device)
     out = Path(args.out)
@@ -154,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole job on the embedded default (vtest.avi)")
     _add_config_args(p)
     p.add_argument("--out", default="demo_out", help="output folder (report, bags, logs)")
-    p.add_argument("--query-frames", type=int, default=40, help="query frames replayed through the graph")
-    p.add_argument("--recovery-steps", type=int, default=120)
+    p.add_argument("--query-frames", type=int, default=60, help="query frames replayed through the graph")
+    p.add_argument("--recovery-steps", type=int, default=300, help="recovery attacker training steps")
     p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks (not tests)")

@@ -11,6 +11,7 @@ import pytest
 from latent_rag_ros.eval.baselines import BASELINES, apply_baseline, gaussian_blur, mosaic
 from latent_rag_ros.eval.metrics import (
     cosine_distmat,
+    different_people,
     embedding_cosine,
     evaluate_rank,
     image_similarity,
@@ -131,3 +132,46 @@ def test_embedding_cosine_and_distmat() -> None:
     d = cosine_distmat(a, 3 * a)
     np.testing.assert_allclose(np.diag(d), 0.0, atol=1e-6)
     assert d.shape == (5, 5) and (d >= -1e-6).all() and (d <= 2 + 1e-6).all()
+
+
+def _different_people_loop(p: np.ndarray, o: np.ndarray, groups: list, labelled: bool) -> tuple:
+    """Plain-loop reference for different_people."""
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    diffs, wins, chances = [], [], []
+    for i in range(len(p)):
+        others = [j for j in range(len(p)) if (groups[j] != groups[i] if labelled else
+                                              (groups[j] == groups[i] and j != i))]
+        if not others:
+            continue
+        d = [cos(p[i], o[j]) for j in others]
+        diffs += d
+        wins.append(cos(p[i], o[i]) > max(d))
+        chances.append(1.0 / (1 + len(others)))
+    return float(np.mean(diffs)), float(np.mean(wins)), float(np.mean(chances)), len(wins)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_different_people_matches_loop(labelled: bool) -> None:
+    rng = np.random.default_rng(3)
+    o = rng.normal(size=(13, 6))
+    p = o + rng.normal(scale=0.8, size=o.shape)   # noisy "protected" embeddings of the same people
+    groups = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5]   # frame 2 and 4 hold one person: no comparison
+    got = different_people(p, o, groups, labelled)
+    want = _different_people_loop(p, o, groups, labelled)
+    assert got["different_people_cosine_mean"] == pytest.approx(want[0])
+    assert got["own_match_rate"] == pytest.approx(want[1])
+    assert got["own_match_chance"] == pytest.approx(want[2])
+    assert got["own_match_queries"] == want[3] == (13 if labelled else 11)
+    # identical embeddings always match their own original; unrelated ones rarely do
+    assert different_people(o, o, groups, labelled)["own_match_rate"] == 1.0
+    assert different_people(np.zeros_like(o) + 1.0, o, [0] * 13, False)["own_match_rate"] < 0.5
+
+
+def test_different_people_without_comparisons() -> None:
+    e = np.eye(3)
+    got = different_people(e, e, [0, 1, 2], labelled=False)
+    assert got["own_match_rate"] is None and got["own_match_queries"] == 0
+    with pytest.raises(ValueError, match="groups"):
+        different_people(e, e, [0, 1], labelled=False)

@@ -30,12 +30,16 @@ def _call(probe: Probe, client, req, timeout: float = 10.0):
     return fut.result()
 
 
+BUILT_WITH = {"generator": "/srv/models/g.safetensors#ab12cd34", "reid": "deepsort_mobilenetv2:builtin"}
+
+
 @pytest.fixture()
-def store_node(tmp_path: Path):
-    store = open_store(tmp_path / "store", create=True, dim=DIM, num_ws=L, w_dim=C)
+def store_node(tmp_path: Path, request):
+    store = open_store(tmp_path / "store", create=True, dim=DIM, num_ws=L, w_dim=C, built_with=BUILT_WITH)
     store.add(VECS, np.random.default_rng(1).normal(size=(5, L, C)).astype(np.float32), [f"p{i}" for i in range(5)])
     store.close()
-    cfg = write_params(tmp_path / "p.yaml", {"store": {"path": str(tmp_path / "store"), "max_m": 4}})
+    extra = getattr(request, "param", {})
+    cfg = write_params(tmp_path / "p.yaml", {"store": {"path": str(tmp_path / "store"), "max_m": 4, **extra}})
     graph = Graph()
     graph.start(["store_node"], str(cfg))
     probe = Probe("store_probe")
@@ -81,6 +85,25 @@ def test_store_service_answers_bad_requests_and_keeps_serving(store_node) -> Non
     near[1] = 0.01
     res3 = _call(probe, retrieve, RetrieveLatents.Request(identity=near.tolist(), m=1, exclude_id=-1))
     assert res3.ok and list(res3.ids) == list(ok_add.ids) and res3.latents[0] == 7.0
+    assert not graph.failed()
+
+
+@pytest.mark.parametrize("store_node", [{"rate_limit_hz": 0.5, "rate_limit_burst": 3}], indirect=True)
+def test_store_service_refuses_other_models_and_rate_limits_clients(store_node) -> None:
+    probe, retrieve, _, graph = store_node
+    q = dict(identity=np.ones(DIM, np.float32).tolist(), m=2, exclude_id=-1)
+    # the same generator weights at another path (same digest) are served
+    res = _call(probe, retrieve, RetrieveLatents.Request(generator="/robot/g.safetensors#ab12cd34", client="a", **q))
+    assert res.ok, res.message
+    res = _call(probe, retrieve, RetrieveLatents.Request(generator="/robot/g2.safetensors#ffff0000", client="a", **q))
+    assert not res.ok and "built for generator" in res.message and "g2.safetensors" in res.message
+    res = _call(probe, retrieve, RetrieveLatents.Request(reid="agw:/m.pth#00", client="a", **q))
+    assert not res.ok and "built for reid" in res.message
+    # client "a" spent its burst of 3 (refused requests count too); 0.5 Hz refills far slower than this test
+    res = _call(probe, retrieve, RetrieveLatents.Request(client="a", **q))
+    assert not res.ok and "rate limit" in res.message
+    res = _call(probe, retrieve, RetrieveLatents.Request(client="b", **q))
+    assert res.ok, res.message
     assert not graph.failed()
 
 

@@ -98,6 +98,10 @@ def test_cli_protect_a_folder_and_a_video_without_ros(tmp_path: Path) -> None:
     assert cli_main(["build-store", "--images", str(crops_dir), "--out", str(store), *sets]) == 0
     out = tmp_path / "out"
     assert cli_main(["protect", "--input", str(crops_dir), "--out", str(out), "--store", str(store), *sets]) == 0
+    # a store built for another generator (other random weights) is refused, naming both
+    with pytest.raises(SystemExit, match="built for generator"):
+        cli_main(["protect", "--input", str(crops_dir), "--out", str(tmp_path / "o2"), "--store", str(store), *sets,
+                  "--set", "models.random_seed=7"])
     index = json.loads((out / "index.json").read_text())
     assert len(index["items"]) == n and "random" in index["models"]["generator"]
     for item in index["items"]:

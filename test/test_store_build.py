@@ -86,9 +86,9 @@ def test_build_store_embeds_inverts_and_records_models(tmp_path: Path) -> None:
     names = s.get_names(ids)
     assert names == [x.name for x in samples]
     assert s.get_labels(ids) == [x.pid or "" for x in samples]
-    with torch.no_grad():  # each crop resized to the encoder's working size, one by one
-        x = bgr_to_tensor([samples[4].image], (48, 24))
-        f, w = reid(x).numpy(), enc(x).numpy()
+    with torch.no_grad():  # one by one: f at the re-ID input size, w at the encoder's working size
+        f = reid(bgr_to_tensor([samples[4].image], reid.input_size)).numpy()
+        w = enc(bgr_to_tensor([samples[4].image], (48, 24))).numpy()
     np.testing.assert_allclose(s.get_vectors(ids[4:5]), f, atol=1e-5)
     np.testing.assert_allclose(s.get_latents(ids[4:5]), w, atol=1e-5)
     assert s.verify()["ok"] and s.stats()["wal_entries"] == 0  # compacted at the end

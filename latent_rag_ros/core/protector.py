@@ -97,6 +97,8 @@ class Protector:
         self.generator = generator.to(self.device, self.dtype).eval().requires_grad_(False)
         self.reid = reid.to(self.device).eval().requires_grad_(False)
         self.working_size = (int(generator.img_height), int(generator.img_width))
+        size = getattr(reid, "input_size", None)
+        self.reid_size = (int(size[0]), int(size[1])) if size is not None else self.working_size
 
     @property
     def step_options(self) -> StepOptions:
@@ -113,6 +115,15 @@ class Protector:
     def prepare(self, crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
         """BGR crops -> [B,3,Hg,Wg] in [0,1] at the generator's working size."""
         return bgr_to_tensor(crops_bgr, self.working_size, self.device)
+
+    @torch.no_grad()
+    def identity(self, crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
+        """f = E(I) from the crops themselves at the re-ID model's input size (not the generator's smaller one).
+
+        A generator working size below the re-ID input (the demo's 64x32) would otherwise blur f, the
+        target of L_id, and the store's identity vectors are computed the same way (store/build.py).
+        """
+        return self.embed(bgr_to_tensor(crops_bgr, self.reid_size, self.device))
 
     def protect(
         self,
@@ -163,12 +174,14 @@ class Protector:
         store: Any,
         exclude_ids: Sequence[int | None] | None = None,
         exclude_labels: Sequence[str | None] | None = None,
+        identity: torch.Tensor | None = None,
     ) -> ProtectResult:
-        """Embed, retrieve from a local store (eq. 1-2) and protect a batch."""
+        """Embed (unless ``identity`` is given), retrieve from a local store (eq. 1-2) and protect a batch."""
         timer = _Timer(self.device)
         images = images.to(self.device).float()
-        with timer.stage("embed"):
-            identity = self.embed(images)
+        if identity is None:
+            with timer.stage("embed"):
+                identity = self.embed(images)
         if not self.cfg.exclude_same_label:
             exclude_labels = None
         with timer.stage("retrieve"):
@@ -193,7 +206,12 @@ class Protector:
             sl = slice(s, s + bs)
             ex_i = list(exclude_ids)[sl] if exclude_ids is not None else None
             ex_l = list(exclude_labels)[sl] if exclude_labels is not None else None
-            parts.append(self.protect_with_store(self.prepare(crops_bgr[sl]), store, ex_i, ex_l))
+            t0 = time.perf_counter()
+            identity = self.identity(crops_bgr[sl])
+            embed_ms = (time.perf_counter() - t0) * 1e3
+            part = self.protect_with_store(self.prepare(crops_bgr[sl]), store, ex_i, ex_l, identity)
+            part.timings_ms["embed"] = part.timings_ms.get("embed", 0.0) + embed_ms
+            parts.append(part)
         result = merge_results(parts)
         return tensor_to_bgr(result.images, sizes), result
 

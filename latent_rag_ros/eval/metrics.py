@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,6 +78,38 @@ def embedding_cosine(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
     return (a * b).sum(axis=1) / np.maximum(na * nb, 1e-12)
+
+
+def different_people(protected: np.ndarray, original: np.ndarray, groups: Sequence, labelled: bool) -> dict[str, Any]:
+    """How a protected embedding compares with its own original and with OTHER people's originals.
+
+    ``groups`` are pids when ``labelled`` (different pid = different person), else frame ids (two
+    crops of one frame are two different people). Returns the mean cosine to different people's
+    originals and the own-match rate: the share of queries whose own original is more similar than
+    every different person's original, with its chance level (mean of 1 / (1 + number compared)).
+    Values are None when no query has a different person to compare with.
+    """
+    a = np.asarray(protected, dtype=np.float64)
+    b = np.asarray(original, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two [N, D] matrices of one shape, got {a.shape} and {b.shape}")
+    g = np.asarray([str(x) for x in groups])
+    if len(g) != len(a):
+        raise ValueError(f"{len(g)} groups for {len(a)} embeddings")
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    sims = a @ b.T
+    mask = (g[:, None] != g[None, :]) if labelled else ((g[:, None] == g[None, :]) & ~np.eye(len(g), dtype=bool))
+    rows = mask.any(axis=1)
+    if not rows.any():
+        return {"different_people_cosine_mean": None, "own_match_rate": None, "own_match_chance": None,
+                "own_match_queries": 0}
+    masked = np.where(mask, sims, -np.inf)
+    wins = np.diag(sims)[rows] > masked[rows].max(axis=1)
+    return {"different_people_cosine_mean": float(sims[mask].mean()),
+            "own_match_rate": float(wins.mean()),
+            "own_match_chance": float(np.mean(1.0 / (1.0 + mask[rows].sum(axis=1)))),
+            "own_match_queries": int(rows.sum())}
 
 
 def cosine_distmat(q: np.ndarray | torch.Tensor, g: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -124,7 +124,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         p = m.get("privacy") or {}
         lines.append(f"| {METHOD_TITLES.get(name, name)} | {_num(p.get('psnr_mean'))} | {_num(p.get('ssim_mean'))} |")
     lines += ["", "## Table II: re-ID on protected queries (raw gallery; Rank-1 / mAP in %)", "",
-              "| Re-ID backbone | Protection | Rank-1 ↑ | mAP ↑ | embedding cosine ↑ |", "|---|---|---|---|---|"]
+              "Embedding cosine: protected vs its own original; vs different people: protected vs the originals of "
+              "other people (other pids, or other people of the same frame). Own match: share of queries whose own "
+              "original is closer than every other person's (chance level in brackets).", "",
+              "| Re-ID backbone | Protection | Rank-1 ↑ | mAP ↑ | embedding cosine ↑ | vs different people | "
+              "own match ↑ |", "|---|---|---|---|---|---|---|"]
     backbones = list(((report.get("utility") or {}).get("backbones") or {}).keys())
     for bb in backbones:
         rows = [(n, m) for n, m in _methods(report) if n != "none"] + [
@@ -132,10 +136,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         for name, m in rows:
             u = ((m.get("utility") or {}).get("backbones") or {}).get(bb, {})
             title = "w/o protection" if name == "none" else METHOD_TITLES.get(name, name)
+            chance = u.get("own_match_chance")
+            own = _num(u.get("own_match_rate"), 1, 100) + (f" ({_num(chance, 1, 100)})" if chance is not None else "")
             lines.append(f"| {bb} | {title} | {_num(u.get('rank1'), 1, 100)} | {_num(u.get('mAP'), 1, 100)} | "
-                         f"{_num(u.get('embedding_cosine_mean'), 3)} |")
+                         f"{_num(u.get('embedding_cosine_mean'), 3)} | "
+                         f"{_num(u.get('different_people_cosine_mean'), 3)} | {own} |")
     if not backbones:
-        lines.append("| (no labels: Rank-1/mAP not available) | | | | |")
+        lines.append("| (no labels: Rank-1/mAP not available) | | | | | | |")
     rec = report.get("recovery") or {}
     lines += ["", f"## Table III: recovery attack ({rec.get('model')}, {rec.get('steps')} steps; "
               "recovered vs original; lower is stronger)", "",

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from latent_rag_ros.eval.baselines import BASELINES, apply_baseline
-from latent_rag_ros.eval.metrics import cosine_distmat, embedding_cosine, evaluate_rank, image_similarity
+from latent_rag_ros.eval.metrics import (
+    cosine_distmat,
+    different_people,
+    embedding_cosine,
+    evaluate_rank,
+    image_similarity,
+)
 from latent_rag_ros.eval.recovery import RecoveryConfig, identity_result, recovery_attack
 from latent_rag_ros.eval.report import file_record, write_json, write_markdown
 from latent_rag_ros.eval.sources import EvalData, load_eval_data
@@ -87,10 +93,10 @@ def _utility(bb: _Backbone, data: EvalData, protected: Sequence[np.ndarray], pro
     assert bb.original is not None
     cos = embedding_cosine(feats, bb.original)
     out: dict[str, Any] = {"embedding_cosine_mean": float(cos.mean()), "rank1": None, "rank5": None,
-                           "rank10": None, "mAP": None, "different_people_cosine_mean": None}
-    diff = _different_people_cosine(feats, bb.original, data)
-    if diff is not None:
-        out["different_people_cosine_mean"] = diff
+                           "rank10": None, "mAP": None}
+    if len(feats) >= 2:
+        labelled = all(p is not None for p in data.q_pids)
+        out.update(different_people(feats, bb.original, data.q_pids if labelled else data.q_groups, labelled))
     if data.labelled and bb.gallery is not None and len(bb.gallery):
         try:
             cmc, m_ap = evaluate_rank(cosine_distmat(feats, bb.gallery), data.q_pids, data.g_pids,
@@ -99,26 +105,6 @@ def _utility(bb: _Backbone, data: EvalData, protected: Sequence[np.ndarray], pro
         except ValueError as exc:
             out["rank_error"] = str(exc)
     return out
-
-
-def _different_people_cosine(feats: np.ndarray, original: np.ndarray, data: EvalData) -> float | None:
-    """Mean cosine between a protected embedding and the ORIGINAL embedding of a different person.
-
-    Different people: different pids when labelled, else different crops of one frame.
-    """
-    n = len(feats)
-    if n < 2:
-        return None
-    fa = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-    ob = original / np.maximum(np.linalg.norm(original, axis=1, keepdims=True), 1e-12)
-    sims = fa @ ob.T
-    if all(p is not None for p in data.q_pids):
-        pids = np.asarray([str(p) for p in data.q_pids])
-        mask = pids[:, None] != pids[None, :]
-    else:
-        groups = np.asarray(data.q_groups)
-        mask = (groups[:, None] == groups[None, :]) & ~np.eye(n, dtype=bool)
-    return float(sims[mask].mean()) if mask.any() else None
 
 
 # ------------------------------------------------------------------------------------ protection

@@ -72,7 +72,8 @@ def build_generator(cfg: Config, device: str | torch.device = "cpu") -> tuple[to
     if spec == "random":
         torch.manual_seed(cfg.models.random_seed)
         g = generator_io.build_generator("stylegan3", random_generator_kwargs(cfg)).to(device).eval()
-        return g, f"random:stylegan3-t-{cfg.models.random_resolution}x{cfg.models.random_resolution // 2}", True
+        res = cfg.models.random_resolution
+        return g, f"random:stylegan3-t-{res}x{res // 2}-seed{cfg.models.random_seed}", True
     path = cfg.resolve_path(spec)
     return load_generator(path, device=device), f"{path}#{file_digest(path)}", False
 
@@ -87,6 +88,15 @@ def build_reid(
     path = path if path is not None else cfg.models.reid_path
     size = (cfg.models.reid_input_height, cfg.models.reid_input_width)
     return load_reid(kind, cfg.resolve_path(path) if path else None, device=device, input_size=size).eval()
+
+
+def reid_identity(cfg: Config) -> str:
+    """``kind:builtin`` or ``kind:path#digest``: what a store records as its re-ID model."""
+    if not cfg.models.reid_path:
+        return f"{cfg.models.reid}:builtin"
+    path = cfg.resolve_path(cfg.models.reid_path)
+    digest = file_digest(path) if Path(path).is_file() else "missing"
+    return f"{cfg.models.reid}:{path}#{digest}"
 
 
 def build_latent_encoder(
@@ -137,7 +147,7 @@ def build_models(
     """Every model the config names, with a record of their sources and which are random."""
     gen, gsrc, grand = build_generator(cfg, device)
     reid = build_reid(cfg, device)
-    sources = {"generator": gsrc, "reid": f"{cfg.models.reid}:{cfg.models.reid_path or 'builtin'}"}
+    sources = {"generator": gsrc, "reid": reid_identity(cfg)}
     random_weights = ["generator"] if grand else []
     enc = None
     if with_encoder:

@@ -44,6 +44,7 @@ class ProtectorNode(Node):
         device = resolve_device(self.cfg.protector.device)
         models = build_models(self.cfg, device, with_encoder=False)
         self.random_weights = models.random_weights
+        self.sources = dict(models.sources)   # model identities the store must have been built for
         self.protector = Protector(models.generator, models.reid, self.cfg.protector, device)
         self.model_name = getattr(models.reid, "name", self.cfg.models.reid)
         self._warm_up()
@@ -94,8 +95,9 @@ class ProtectorNode(Node):
             return [None] * len(identity)
         events, futures = [], []
         for f in identity:
-            req = RetrieveLatents.Request(identity=f32_array(f), m=self.cfg.protector.m,
-                                          exclude_id=-1, exclude_label="")
+            req = RetrieveLatents.Request(identity=f32_array(f), m=self.cfg.protector.m, exclude_id=-1,
+                                          exclude_label="", generator=self.sources.get("generator", ""),
+                                          reid=self.sources.get("reid", ""), client=self.get_fully_qualified_name())
             ev = threading.Event()
             fut = self.client.call_async(req)
             fut.add_done_callback(lambda _f, ev=ev: ev.set())
@@ -132,7 +134,7 @@ class ProtectorNode(Node):
             return
         images = self.protector.prepare(crops)
         t_embed = now_ms()
-        identity = self.protector.embed(images)
+        identity = self.protector.identity(crops)
         t_ret = now_ms()
         responses = self._retrieve(identity.cpu().numpy())
         t_done = now_ms()

@@ -28,8 +28,11 @@ def spin_node(factory: Callable[[], Node], args: list[str] | None = None, thread
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001 - report start-up failures as one clear line
-        print(f"[{getattr(factory, '__name__', 'node')}] fatal: {exc}", file=sys.stderr)
-        code = 1
+        # SIGTERM/SIGINT can shut the context down while the executor is between waits; rclpy then
+        # raises "context is not valid" from the wait set instead of ExternalShutdownException
+        if node is None or rclpy.ok():
+            print(f"[{getattr(factory, '__name__', 'node')}] fatal: {exc}", file=sys.stderr)
+            code = 1
     finally:
         if node is not None:
             node.destroy_node()

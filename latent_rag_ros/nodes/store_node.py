@@ -2,7 +2,9 @@
 
 Requests run concurrently (reentrant callback group on a multi-threaded executor); reads share the
 store, adds are serialised. Every malformed request gets ok=false and a message; no request returns
-more than ``store.max_m`` codes, so a client cannot dump the store.
+more than ``store.max_m`` codes, so a client cannot dump the store, and ``store.rate_limit_hz`` bounds
+how often each client (by its declared name) may ask. A request that names its generator or re-ID
+model is refused unless the store was built for those models.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from rclpy.node import Node
 from latent_rag_ros.core.retrieval import RetrievalError, retrieve
 from latent_rag_ros.nodes.common import NodeStatus, declare_config, f32_array, now_ms
 from latent_rag_ros.srv import AddIdentities, RetrieveLatents
+from latent_rag_ros.store.base import model_mismatch
+from latent_rag_ros.store.rate_limit import RateLimiter
 
 
 class StoreNode(Node):
@@ -29,6 +33,7 @@ class StoreNode(Node):
         self._lock = threading.RLock()
         self.store = None
         self.open_error = ""
+        self.limiter = RateLimiter(self.cfg.store.rate_limit_hz, self.cfg.store.rate_limit_burst or None)
         self._open()
         group = ReentrantCallbackGroup()
         self.create_service(RetrieveLatents, self.cfg.ros.retrieve_service, self.on_retrieve, callback_group=group)
@@ -57,6 +62,16 @@ class StoreNode(Node):
         res.ok = False
         if self.store is None:
             res.message = self.open_error
+            self.status.count("errors")
+            return res
+        if not self.limiter.allow(req.client or "anonymous"):
+            res.message = f"rate limit: client {req.client or 'anonymous'!r} is above {self.limiter.rate:g} requests/s"
+            self.status.count("rate_limited")
+            return res
+        mismatch = model_mismatch(self.store.built_with, {"generator": req.generator, "reid": req.reid},
+                                  f"store {self.cfg.store.path!r}")
+        if mismatch:
+            res.message = mismatch
             self.status.count("errors")
             return res
         m = int(req.m)

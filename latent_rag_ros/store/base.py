@@ -237,6 +237,31 @@ def pad_results(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     return scores, ids
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model identities (``source#digest`` or plain names) name the same weights.
+
+    When both carry a ``#digest`` only the digests are compared, so a store built on one machine
+    accepts the same model file at another path on the trusted server or the robot.
+    """
+    if "#" in a and "#" in b:
+        return a.rsplit("#", 1)[1] == b.rsplit("#", 1)[1]
+    return a == b
+
+
+def model_mismatch(built_with: dict[str, Any], client: dict[str, str], where: str = "store") -> str:
+    """Why a store built with ``built_with`` must not serve a client using ``client`` models ("" if it may).
+
+    Only the keys both sides name are compared (generator, reid, ...): a store built before models
+    were recorded cannot be checked and is served (the W+ shape is still checked by the protector).
+    """
+    for key, theirs in client.items():
+        ours = (built_with or {}).get(key)
+        if theirs and ours and not same_model(str(ours), str(theirs)):
+            return (f"{where} was built for {key} {ours!r}; the client uses {theirs!r}: rebuild the store for this "
+                    "model (latent-rag build-store) or point the client at its own store")
+    return ""
+
+
 def check_expected(
     where: str,
     have: dict[str, Any],
@@ -260,7 +285,7 @@ def check_expected(
     for key, value in (built_with or {}).items():
         if key not in stored:
             problems.append(f"no record of {key!r} (expected {value!r})")
-        elif str(stored[key]) != str(value):
+        elif not same_model(str(stored[key]), str(value)):
             problems.append(f"{key} {stored[key]!r} (expected {value!r})")
     if problems:
         raise StoreMismatchError(f"{where}: store was built for " + "; ".join(problems))

@@ -1,7 +1,8 @@
 """Build (or extend) a trusted store from person crops: identity vectors + W+ codes, resumable.
 
-Each batch of crops is resized to the latent encoder's working size, embedded by the re-ID model
-(``reid(images) -> [B, D]``) and inverted by the latent encoder (``latent_encoder(images) ->
+Each batch of crops is embedded by the re-ID model at its own ``input_size`` (``reid(images) ->
+[B, D]``, the way the protector computes a query's identity vector) and, resized to the latent
+encoder's working size, inverted by the latent encoder (``latent_encoder(images) ->
 [B, num_ws, w_dim]``), then appended durably with the sample's identity label (``pid``) and its
 unique ``name``. A rerun after an interruption skips every name already in the store, and the
 store records what it was built with, so resuming with other models fails with
@@ -106,6 +107,7 @@ def build_store(
     size = image_size or working_size(latent_encoder, reid)
     device = _device_of(latent_encoder) if _device_of(latent_encoder).type != "cpu" else _device_of(reid)
     dim = int(reid.dim)
+    reid_size = tuple(int(v) for v in reid.input_size) if getattr(reid, "input_size", None) is not None else None
     exists = _store_exists(out, backend)
     if exists and not resume:
         raise StoreError(f"{out}: a store already exists; resume it or choose another output")
@@ -131,8 +133,11 @@ def build_store(
             if not todo:
                 continue
             images = bgr_to_tensor([s.image for s in todo], size, device)
+            # identity vectors at the re-ID model's own input size, as the protector computes f
+            reid_images = images if reid_size in (None, size) else bgr_to_tensor([s.image for s in todo], reid_size,
+                                                                                device)
             with torch.no_grad():
-                f = reid(images).detach().float().cpu().numpy()
+                f = reid(reid_images).detach().float().cpu().numpy()
                 w = latent_encoder(images).detach().float().cpu().numpy()
             if w.ndim != 3 or w.shape[0] != len(todo):
                 raise ValueError(f"latent encoder returned shape {w.shape}, expected [{len(todo)}, num_ws, w_dim]")

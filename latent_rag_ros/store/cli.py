@@ -115,6 +115,7 @@ def cmd_bench_store(args: argparse.Namespace) -> int:
     shape = tuple(int(x) for x in args.latent_shape.lower().split("x"))
     report = bench_store(sizes, dim=args.dim, queries=args.queries, out=None, latent_shape=shape,  # type: ignore[arg-type]
                          latent_dtype=args.latent_dtype, workdir=args.workdir, data_model=args.data)
+    print(json.dumps({"dds_round_trip": report.get("dds_round_trip")}, default=str))
     if args.fp16_cost:
         _, models, _ = _models(args)
         report["fp16_cost"] = {"models": models.sources, **fp16_identity_cost(models.generator, models.reid)}

@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import logging
 import threading
+import time
 import uuid as uuidlib
 import warnings
 import zlib
@@ -71,10 +72,15 @@ def _client(uri: str, token: str, timeout: float) -> Any:
         warnings.simplefilter("ignore")
         from pymilvus import MilvusClient
 
-        try:
-            return MilvusClient(uri=uri, token=token, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - pymilvus raises many kinds; report one clearly
-            raise StoreError(f"{uri}: cannot connect to Milvus ({exc})") from None
+        # Milvus Lite starts a server process per .db file and the first connection can race its
+        # start on a busy machine (seen once in a full test run); a cluster can drop a connection.
+        for attempt in range(3):
+            try:
+                return MilvusClient(uri=uri, token=token, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - pymilvus raises many kinds; report one clearly
+                if attempt == 2:
+                    raise StoreError(f"{uri}: cannot connect to Milvus after 3 tries ({exc})") from None
+                time.sleep(1.0 + attempt)
 
 
 def row_crc(vector: np.ndarray, latent_bytes: bytes, label: str, name: str) -> int:
