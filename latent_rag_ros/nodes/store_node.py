@@ -1,10 +1,12 @@
 """store_node: the trusted server's vector store behind RetrieveLatents and AddIdentities services.
 
-Requests run concurrently (reentrant callback group on a multi-threaded executor); reads share the
-store, adds are serialised. Every malformed request gets ok=false and a message; no request returns
-more than ``store.max_m`` codes, so a client cannot dump the store, and ``store.rate_limit_hz`` bounds
-how often each client (by its declared name) may ask. A request that names its generator or re-ID
-model is refused unless the store was built for those models.
+Requests are taken concurrently (reentrant callback group on a multi-threaded executor), so a slow
+client does not block the others; the store itself is used under one lock (a retrieval holds it for
+about 1 ms at 1M entries, see store/ann.py), and adds are acknowledged only once durable. Every
+malformed request gets ok=false and a message; no request returns more than ``store.max_m`` codes,
+so a client cannot dump the store, and ``store.rate_limit_hz`` bounds how often each client (by its
+declared name) may ask. A request that names its generator or re-ID model is refused unless the
+store was built for those models.
 """
 
 from __future__ import annotations
