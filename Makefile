@@ -14,14 +14,14 @@ setup:
 	@LRR_VENV=$(VENV) bash tools/setup.sh
 
 test: setup
-	$(VENV)/bin/ruff check latent_rag_ros test launch
+	$(VENV)/bin/ruff check latent_rag_ros test launch tools
 	cd test && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
 demo: setup
 	$(VENV)/bin/latent-rag demo --out demo_out
 
 lint: setup
-	$(VENV)/bin/ruff check latent_rag_ros test launch
+	$(VENV)/bin/ruff check latent_rag_ros test launch tools
 
 clean:
 	rm -rf build .cmake-configure.log demo_out
