@@ -94,9 +94,8 @@ def _utility(bb: _Backbone, data: EvalData, protected: Sequence[np.ndarray], pro
     cos = embedding_cosine(feats, bb.original)
     out: dict[str, Any] = {"embedding_cosine_mean": float(cos.mean()), "rank1": None, "rank5": None,
                            "rank10": None, "mAP": None}
-    if len(feats) >= 2:
-        labelled = all(p is not None for p in data.q_pids)
-        out.update(different_people(feats, bb.original, data.q_pids if labelled else data.q_groups, labelled))
+    labelled = all(p is not None for p in data.q_pids)
+    out.update(different_people(feats, bb.original, data.q_pids if labelled else data.q_groups, labelled))
     if data.labelled and bb.gallery is not None and len(bb.gallery):
         try:
             cmc, m_ap = evaluate_rank(cosine_distmat(feats, bb.gallery), data.q_pids, data.g_pids,

@@ -95,8 +95,7 @@ def reid_identity(cfg: Config) -> str:
     if not cfg.models.reid_path:
         return f"{cfg.models.reid}:builtin"
     path = cfg.resolve_path(cfg.models.reid_path)
-    digest = file_digest(path) if Path(path).is_file() else "missing"
-    return f"{cfg.models.reid}:{path}#{digest}"
+    return f"{cfg.models.reid}:{path}#{file_digest(path)}"
 
 
 def build_latent_encoder(
