@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -206,3 +208,21 @@ def test_load_detector_kinds_and_errors(tmp_path: Path) -> None:
     wrong.write_text("this is not a protobuf model\n" * 10)
     with pytest.raises(ModelFileError, match=r"notes\.onnx"):
         load_detector("onnx", wrong)
+
+
+def test_hog_frames_smaller_than_its_window_give_no_people_instead_of_a_native_crash() -> None:
+    """1x1 and 8x8 frames aborted the process inside OpenCV (double free); run in a child so a
+    regression fails this test instead of killing the test runner."""
+    code = (
+        "import numpy as np\n"
+        "from latent_rag_ros.models.detectors import HogDetector\n"
+        "for upscale in (1.0, 1.5):\n"
+        "    det = HogDetector(upscale=upscale)\n"
+        "    for h, w in [(1, 1), (8, 8), (127, 63), (40, 400), (400, 40)]:\n"
+        "        boxes, scores = det.detect(np.full((h, w, 3), 128, np.uint8))\n"
+        "        assert boxes.shape == (0, 4) and scores.shape == (0,), (h, w)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.strip() == "ok"

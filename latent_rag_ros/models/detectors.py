@@ -109,6 +109,11 @@ class HogDetector:
         if self.upscale != 1.0:
             img = cv2.resize(frame, (round(w * self.upscale), round(h * self.upscale)),
                              interpolation=cv2.INTER_LINEAR)
+        # OpenCV's HOG aborts the whole process natively ("double free or corruption") on an image
+        # smaller than its detection window (measured: 1x1, 8x8): no person fits there anyway.
+        win_w, win_h = self._hog.winSize
+        if img.shape[0] < win_h or img.shape[1] < win_w:
+            return _empty()
         rects, weights = self._hog.detectMultiScale(
             img, hitThreshold=self.hit_threshold, winStride=self.win_stride, padding=self.padding,
             scale=self.scale, groupThreshold=self.group_threshold,
