@@ -24,8 +24,8 @@ if [ ! -f "$VTEST" ]; then
   fi
 fi
 
-# 2. The virtual environment, re-synced only when requirements.txt changes.
-REQ_HASH=$(sha256sum requirements.txt | cut -c1-16)
+# 2. The virtual environment, re-synced only when requirements*.txt change.
+REQ_HASH=$(cat requirements.txt requirements-ros-wheels.txt | sha256sum | cut -c1-16)
 if [ ! -x "$V/bin/python" ]; then
   log "creating virtual environment $V"
   "$PY" -m venv "$V"
@@ -33,13 +33,13 @@ fi
 mkdir -p "$STAMPS"
 if [ "$(cat "$STAMPS/requirements" 2>/dev/null)" != "$REQ_HASH" ]; then
   log "installing pinned requirements (first time: a few minutes)"
-  "$V/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
+  "$V/bin/python" -m pip install -q --disable-pip-version-check -r requirements-ros-wheels.txt -r requirements.txt 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
   "$V/bin/python" -c "import torch, faiss, cv2, rclpy" >/dev/null
   # The wheels' exported .cmake files point at the Python of the machine that built them.
   PYINC=$("$V/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['include'])")
   NPINC=$("$V/bin/python" -c "import numpy;print(numpy.get_include())")
-  grep -rl /opt/python/cp311-cp311 "$V/share" --include='*.cmake' 2>/dev/null | xargs -r sed -i \
+  { grep -rl /opt/python/cp311-cp311 "$V/share" --include='*.cmake' 2>/dev/null || true; } | xargs -r sed -i \
     -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g" \
     -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g"
   echo "$REQ_HASH" > "$STAMPS/requirements"
@@ -58,4 +58,22 @@ if [ ! -f build/CMakeCache.txt ]; then
 fi
 cmake --build build -j2 >/dev/null
 cmake --install build >/dev/null
+
+# 4. composition_interfaces for the real `launch_ros` (tests run the launch files with it). Its sources
+#    are vendored beside the clone (../shared/vendor/ros2-launch, unmodified upstream, Apache-2.0),
+#    never copied into this repository; a real ament/rosidl build, like the package's own interfaces.
+VENDOR=""
+for c in "${LRR_ROS2_LAUNCH:-}" "$ROOT/../shared/vendor/ros2-launch" "$ROOT/shared/vendor/ros2-launch"; do
+  if [ -n "$c" ] && [ -f "$c/composition_interfaces/CMakeLists.txt" ]; then VENDOR="$(cd "$c" && pwd)"; break; fi
+done
+if [ -z "$VENDOR" ]; then
+  log "no ../shared/vendor/ros2-launch: the real-launch tests will be skipped (CI=true: they fail)"
+elif [ ! -d "$V/share/composition_interfaces" ]; then
+  log "building composition_interfaces from $VENDOR"
+  CI_BUILD="$ROOT/build/vendor/composition_interfaces"
+  { cmake -S "$VENDOR/composition_interfaces" -B "$CI_BUILD" -DCMAKE_PREFIX_PATH="$V" -DCMAKE_INSTALL_PREFIX="$V" \
+      -DPython3_EXECUTABLE="$V/bin/python" -DBUILD_TESTING=OFF && cmake --build "$CI_BUILD" -j2 \
+      && cmake --install "$CI_BUILD"; } >"$ROOT/build/vendor-composition_interfaces.log" 2>&1 \
+    || { tail -20 "$ROOT/build/vendor-composition_interfaces.log"; exit 1; }
+fi
 log "ready: $V (latent-rag, ros2 executables in $V/lib/latent_rag_ros)"
