@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from latent_rag_ros.config import ConfigError, load_config, parse_overrides
+from latent_rag_ros.config import ConfigError, load_config, parse_overrides, ros_name
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -109,8 +109,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from latent_rag_ros.nodes.replay import replay_bag
 
     cfg = config_from_args(args)
-    stats = replay_bag(args.bag, args.out, cfg.ros.camera_topic, cfg.ros.egress_topic, args.topic, args.rate,
-                       args.storage, drain_s=args.drain, wait_subscribed=(cfg.ros.crops_topic,))
+    stats = replay_bag(args.bag, args.out, ros_name(cfg.ros.camera_topic), ros_name(cfg.ros.egress_topic), args.topic,
+                       args.rate, args.storage, drain_s=args.drain, wait_subscribed=(ros_name(cfg.ros.crops_topic),))
     print(json.dumps(stats))
     return 0 if stats["protected_received"] > 0 else 1
 

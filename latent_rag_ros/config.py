@@ -105,16 +105,21 @@ class QosConfig:
 
 @dataclass
 class RosConfig:
-    """Topic and service names, QoS, timing of the ROS graph."""
+    """Topic and service names, QoS, timing of the ROS graph.
 
-    camera_topic: str = "/camera/image_raw"
+    Relative names resolve in the node's namespace (``/latent_rag`` from the launch files and
+    ``latent-rag run``; ``namespace:=robot1`` moves the whole graph), and remappings apply to them.
+    ``egress_topic`` is absolute: the remote re-ID service listens there unless it is remapped.
+    """
+
+    camera_topic: str = "image_raw"
     camera_qos: QosConfig = field(default_factory=lambda: QosConfig("best_effort", 1))
-    crops_topic: str = "/latent_rag/crops"
-    protected_topic: str = "/latent_rag/protected"
+    crops_topic: str = "crops"
+    protected_topic: str = "protected"
     egress_topic: str = "/reid/protected"
     output_qos: QosConfig = field(default_factory=QosConfig)
-    retrieve_service: str = "/latent_rag/retrieve_latents"
-    add_service: str = "/latent_rag/add_identities"
+    retrieve_service: str = "retrieve_latents"
+    add_service: str = "add_identities"
     service_timeout_s: float = 2.0
     status_period_s: float = 1.0
     max_queue: int = 2                # crop batches waiting for the protector (latest wins)
@@ -187,6 +192,17 @@ def _validate(cfg: Config) -> None:
     for key, value in flatten(cfg.to_dict()).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}={value!r}: must be finite")
+
+
+DEFAULT_NAMESPACE = "/latent_rag"   # the namespace the launch files and ``latent-rag run`` give every node
+
+
+def ros_name(name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Fully qualified topic/service name of a configured ``name`` for nodes in ``namespace``."""
+    if name.startswith("/"):
+        return name
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    return f"{ns}/{name}"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

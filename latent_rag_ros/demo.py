@@ -52,7 +52,7 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     store_dir = out / "store"
-    from latent_rag_ros.config import load_config
+    from latent_rag_ros.config import load_config, ros_name
 
     settings = {**DEMO_PROTECTOR, **_set_overrides(args)}
     cfg = load_config(args.config or _default_cfg(), {**settings, "store.path": str(store_dir),
@@ -100,9 +100,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 {**overrides, **settings}, env=env, log_dir=str(out / "logs"))
     try:
         _say("4/5 replaying the camera bag into the graph, recording /reid/protected")
-        rstats = replay_bag(str(in_bag), str(out / "protected_bag"), cfg.ros.camera_topic, cfg.ros.egress_topic,
+        rstats = replay_bag(str(in_bag), str(out / "protected_bag"), ros_name(cfg.ros.camera_topic),
+                            ros_name(cfg.ros.egress_topic),
                             rate=0.25, discovery_timeout=180.0, drain_s=30.0, max_wait_s=300.0,
-                            wait_subscribed=(cfg.ros.crops_topic,), first_wait_s=240.0)
+                            wait_subscribed=(ros_name(cfg.ros.crops_topic),), first_wait_s=240.0)
         _say(f"   replay: {rstats}")
     finally:
         codes = graph.stop()

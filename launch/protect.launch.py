@@ -1,7 +1,12 @@
 """Robot side: detector, protector and egress nodes (and, with with_store:=true, a local store).
 
     ros2 launch latent_rag_ros protect.launch.py config_file:=/path/latent_rag.yaml \
-        camera_topic:=/camera/image_raw with_store:=false
+        camera_topic:=/camera/image_raw with_store:=false namespace:=latent_rag
+
+Every node runs in ``namespace`` (default ``latent_rag``): its relative names (``crops``,
+``protected``, ``retrieve_latents``, ...) resolve there, so ``namespace:=robot1`` moves a whole
+graph and two cameras need two namespaces, nothing else. ``/reid/protected`` (egress) and
+``/diagnostics`` stay absolute; remap them like any ROS name.
 """
 
 import os
@@ -14,6 +19,13 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
+def _node(executable: str, params: list, **kwargs) -> Node:
+    """One of the package's nodes with the shared arguments (namespace, log level, sim time)."""
+    return Node(package="latent_rag_ros", executable=executable, name=executable, output="screen",
+                namespace=LaunchConfiguration("namespace"), parameters=params,
+                ros_arguments=["--log-level", LaunchConfiguration("log_level")], **kwargs)
+
+
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("latent_rag_ros")
     default_config = os.path.join(share, "config", "latent_rag.yaml")
@@ -21,8 +33,8 @@ def generate_launch_description() -> LaunchDescription:
     default_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
                                      os.path.join(share, "config", "fastdds_large_images.xml"))
     config = LaunchConfiguration("config_file")
-    camera = LaunchConfiguration("camera_topic")
-    params = [config, {"config_file": config, "ros.camera_topic": camera}]
+    common = {"config_file": config, "use_sim_time": LaunchConfiguration("use_sim_time")}
+    params = [config, {**common, "ros.camera_topic": LaunchConfiguration("camera_topic")}]
     return LaunchDescription([
         DeclareLaunchArgument("fastdds_profile", default_value=default_profile,
                               description="Fast DDS XML profile (large shared-memory segment for images)"),
@@ -30,15 +42,17 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("config_file", default_value=default_config,
                               description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
-                              description="sensor_msgs/Image topic with people in it"),
+                              description="sensor_msgs/Image topic with people in it (relative: in namespace)"),
+        DeclareLaunchArgument("namespace", default_value="latent_rag",
+                              description="namespace of every node and of their relative topics/services"),
         DeclareLaunchArgument("with_store", default_value="false",
                               description="also start a local store_node (trusted store on this machine)"),
-        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen",
-             parameters=[config, {"config_file": config}], condition=IfCondition(LaunchConfiguration("with_store"))),
-        Node(package="latent_rag_ros", executable="detector_node", name="detector_node", output="screen",
-             parameters=params),
-        Node(package="latent_rag_ros", executable="protector_node", name="protector_node", output="screen",
-             parameters=params),
-        Node(package="latent_rag_ros", executable="egress_node", name="egress_node", output="screen",
-             parameters=params),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (bag replay with --clock) instead of the wall clock"),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description="log level of every node (debug, info, warn, error, fatal)"),
+        _node("store_node", [config, common], condition=IfCondition(LaunchConfiguration("with_store"))),
+        _node("detector_node", params),
+        _node("protector_node", params),
+        _node("egress_node", params),
     ])

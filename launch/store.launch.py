@@ -1,6 +1,9 @@
 """Trusted server side: the store_node serving RetrieveLatents and AddIdentities.
 
     ros2 launch latent_rag_ros store.launch.py config_file:=/path/latent_rag.yaml store_path:=/data/store
+
+The services are relative names in ``namespace`` (default ``latent_rag``): use the same namespace
+as the robot's protect.launch.py, or remap ``retrieve_latents``/``add_identities``.
 """
 
 import os
@@ -27,6 +30,13 @@ def generate_launch_description() -> LaunchDescription:
                               description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
         DeclareLaunchArgument("store_path", default_value="",
                               description="store directory (FAISS) or Milvus URI; empty: the config's store.path"),
+        DeclareLaunchArgument("namespace", default_value="latent_rag",
+                              description="namespace of the node and its services"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock instead of the wall clock"),
+        DeclareLaunchArgument("log_level", default_value="info", description="log level (debug, info, warn, ...)"),
         Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen",
-             parameters=[config, {"config_file": config, "store.path": LaunchConfiguration("store_path")}]),
+             namespace=LaunchConfiguration("namespace"),
+             ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+             parameters=[config, {"config_file": config, "store.path": LaunchConfiguration("store_path"),
+                                  "use_sim_time": LaunchConfiguration("use_sim_time")}]),
     ])

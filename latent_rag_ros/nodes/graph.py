@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from latent_rag_ros.config import use_fastdds_profile
+from latent_rag_ros.config import DEFAULT_NAMESPACE, use_fastdds_profile
 
 ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
 
@@ -41,9 +41,10 @@ class Graph:
         overrides: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
-        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...``."""
-        params = []
+        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -r __ns:=NS -p ...``."""
+        params = ["-r", f"__ns:={namespace}"] if namespace.strip("/") else []
         if config_file:
             params += ["-p", f"config_file:={os.path.abspath(config_file)}"]
         for k, v in (overrides or {}).items():

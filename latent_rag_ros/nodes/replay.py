@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from latent_rag_ros.config import use_fastdds_profile
+from latent_rag_ros.config import ros_name, use_fastdds_profile
 from latent_rag_ros.msg import ProtectedCrop
 
 PROTECTED_TYPE = "latent_rag_ros/msg/ProtectedCrop"
@@ -37,7 +37,7 @@ def _camera_messages(bag: str, topic: str | None) -> tuple[str, list[tuple[int, 
 def replay_bag(
     bag_in: str,
     bag_out: str,
-    camera_topic: str = "/camera/image_raw",
+    camera_topic: str = ros_name("image_raw"),
     egress_topic: str = "/reid/protected",
     source_topic: str | None = None,
     rate: float = 1.0,
@@ -45,7 +45,7 @@ def replay_bag(
     discovery_timeout: float = 20.0,
     drain_s: float = 10.0,
     max_wait_s: float = 600.0,
-    wait_subscribed: tuple[str, ...] = ("/latent_rag/crops",),
+    wait_subscribed: tuple[str, ...] = (ros_name("crops"),),
     first_wait_s: float = 120.0,
 ) -> dict[str, float]:
     """Publish the bag's frames at ``rate`` x recorded speed; record what arrives on ``egress_topic``.
