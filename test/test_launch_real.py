@@ -1,0 +1,137 @@
+"""protect.launch.py and store.launch.py run by the REAL launch.LaunchService, as `ros2 launch` runs them.
+
+Nodes start from the installed launch files, real frames from vtest.avi flow to /reid/protected, the
+launch arguments reach the nodes (namespace, camera_topic, config_file, with_store, store_path,
+use_sim_time, log_level), and one SIGINT (Ctrl-C) stops every process cleanly. Skipped where the
+vendored launch/launch_ros are missing, except on CI (CI=true), where that fails (launchutil.py).
+Models: the real DeepSORT MobileNetV2 re-ID weights, random-weight StyleGAN3/E4E (none exist offline).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from rcl_interfaces.srv import GetParameters
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from latent_rag_ros.config import load_config
+from latent_rag_ros.datasets import Sample
+from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+from latent_rag_ros.msg import ProtectedCrop
+from latent_rag_ros.nodes.common import bgr_to_image
+from latent_rag_ros.people import crop_people
+from latent_rag_ros.srv import RetrieveLatents
+from latent_rag_ros.store.build import build_store
+
+from launchutil import LaunchRun, require_launch, wait_gone
+from rosutil import Probe, vtest_frames, wait_for, write_params
+
+pytestmark = pytest.mark.ros
+PARAMS = {
+    "models": {"generator": "random", "latent_encoder": "random"},
+    "protector": {"m": 3, "steps": 2, "batch_size": 4, "device": "cpu"},
+    "detector": {"max_crops": 3},
+    "ros": {"service_timeout_s": 10.0, "status_period_s": 0.5},
+}
+NODES = ["store_node", "detector_node", "protector_node", "egress_node"]
+
+
+@pytest.fixture(scope="module")
+def store_setup(tmp_path_factory: pytest.TempPathFactory):
+    """A parameter file naming a small real store (people from vtest.avi, random-weight generator)."""
+    require_launch()
+    tmp = tmp_path_factory.mktemp("launch")
+    cfg_file = write_params(tmp / "params.yaml", {**PARAMS, "store": {"path": str(tmp / "store")}})
+    cfg = load_config(cfg_file)
+    models = build_models(cfg, "cpu", with_encoder=True)
+    detector = build_detector(cfg)
+    idx = list(range(0, 200, 20))
+    samples = [Sample(image=p.crop, name=f"vtest#f{i}_b{j}", frame=i)
+               for i, frame in zip(idx, vtest_frames(idx)) for j, p in enumerate(crop_people(detector, frame, cfg.detector))]
+    assert len(samples) >= 4, "HOG found too few people in vtest.avi to build a store"
+    with torch.no_grad():
+        build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
+                    built_with=store_identity(models), progress=False)
+    return tmp, cfg_file, cfg, models.reid.dim
+
+
+def _param(probe: Probe, node: str, name: str):
+    client = probe.node.create_client(GetParameters, f"{node}/get_parameters")
+    wait_for(client.service_is_ready, 60, f"{node}/get_parameters")
+    fut = client.call_async(GetParameters.Request(names=[name]))
+    wait_for(fut.done, 30, f"{node} parameter {name}")
+    v = fut.result().values[0]
+    return {1: v.bool_value, 2: v.integer_value, 3: v.double_value, 4: v.string_value}.get(v.type)
+
+
+def _assert_clean_stop(run: LaunchRun, expected: list[str]) -> None:
+    pids = run.pids()
+    assert sorted(pids) == sorted(expected), run.output[-3000:]
+    code = run.interrupt()
+    assert code == 0, f"launch exit code {code}\n{run.output[-3000:]}"
+    assert not wait_gone(list(pids.values()), 10), "node processes left behind"
+    for name, pid in pids.items():
+        assert f"process has finished cleanly [pid {pid}]" in run.output, f"{name}: {run.output[-3000:]}"
+    assert "escalating to 'SIGTERM'" not in run.output and "Traceback" not in run.output
+
+
+def test_protect_launch_runs_the_graph_and_stops_on_ctrl_c(store_setup) -> None:
+    _, cfg_file, _, dim = store_setup
+    run = LaunchRun("protect.launch.py", config_file=str(cfg_file), with_store="true", namespace="robot_a",
+                    camera_topic="front/image_raw", log_level="debug")
+    probe = Probe("launch_probe")
+    try:
+        out = probe.collect(ProtectedCrop, "/reid/protected")
+        cam = probe.node.create_publisher(Image, "/robot_a/front/image_raw",
+                                          QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        wait_for(lambda: cam.get_subscription_count() > 0 and probe.node.count_publishers("/reid/protected") > 0
+                 and probe.node.count_subscribers("/robot_a/crops") > 0, 240, "the launched graph")
+        names = set(probe.node.get_node_names_and_namespaces())
+        assert {(n, "/robot_a") for n in NODES} <= names
+        frames = vtest_frames(list(range(400, 600, 20)))
+        deadline, k = time.monotonic() + 240, 0
+        while not out and time.monotonic() < deadline and run.proc.poll() is None:
+            cam.publish(bgr_to_image(frames[k % len(frames)]))
+            k += 1
+            time.sleep(1.0)
+        assert out, f"no protected crop after {k} frames\n{run.output[-3000:]}"
+        assert len(out[0].embedding) == dim and out[0].m == 3 and out[0].steps == 2
+        assert np.isfinite(np.asarray(out[0].embedding)).all()
+        assert _param(probe, "/robot_a/detector_node", "use_sim_time") is False
+        assert _param(probe, "/robot_a/protector_node", "ros.camera_topic") == "front/image_raw"
+        assert "[robot_a.detector_node]" in run.output
+        assert any("[DEBUG]" in line for line in run.lines if line.startswith("[protector_node")), "log_level:=debug"
+        _assert_clean_stop(run, NODES)
+    finally:
+        probe.close()
+        run.stop()
+
+
+def test_store_launch_serves_its_store_and_takes_the_arguments(store_setup) -> None:
+    tmp, _, cfg, dim = store_setup
+    bare = write_params(tmp / "bare.yaml", {"ros": {"status_period_s": 0.5}})  # store path from store_path:=
+    run = LaunchRun("store.launch.py", config_file=str(bare), store_path=cfg.store.path, namespace="trusted",
+                    use_sim_time="true", log_level="warn")
+    probe = Probe("store_launch_probe")
+    try:
+        client = probe.node.create_client(RetrieveLatents, "/trusted/retrieve_latents")
+        wait_for(client.service_is_ready, 120, "/trusted/retrieve_latents")
+        query = np.zeros(dim, np.float32)
+        query[0] = 1.0
+        fut = client.call_async(RetrieveLatents.Request(identity=query.tolist(), m=2, exclude_id=-1, client="t"))
+        wait_for(fut.done, 30, "retrieve reply")
+        res = fut.result()
+        assert res.ok, res.message
+        assert len(res.ids) == 2 and res.store_version
+        assert _param(probe, "/trusted/store_node", "use_sim_time") is True
+        assert _param(probe, "/trusted/store_node", "store.path") == cfg.store.path
+        # log_level:=warn hides the node's start-up INFO lines
+        assert not [line for line in run.lines if "[INFO]" in line and "trusted.store_node" in line]
+        _assert_clean_stop(run, ["store_node"])
+    finally:
+        probe.close()
+        run.stop()
