@@ -13,8 +13,12 @@ PYTEST_ARGS ?=
 setup:
 	@LRR_VENV=$(VENV) bash tools/setup.sh
 
+# Python 3.10 (ROS 2 Humble) compatibility of the package's own code, checked statically.
+VERMIN := $(VENV)/bin/vermin -q -t=3.10- --violations --eval-annotations --no-tips latent_rag_ros launch
+
 test: setup
 	$(VENV)/bin/ruff check latent_rag_ros test launch tools
+	$(VERMIN)
 	cd test && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
 demo: setup
@@ -22,6 +26,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check latent_rag_ros test launch tools
+	$(VERMIN)
 
 clean:
 	rm -rf build .cmake-configure.log demo_out

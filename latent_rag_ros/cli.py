@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from latent_rag_ros.config import ConfigError, load_config, parse_overrides, ros_name
+from latent_rag_ros.config import ConfigError, absolute_paths, load_config, parse_overrides, ros_name
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     from latent_rag_ros.config import default_config_path
 
     path = args.config or default_config_path()
-    overrides = parse_overrides(getattr(args, "set", []))
+    overrides = absolute_paths(parse_overrides(getattr(args, "set", [])))  # typed in a shell: relative to cwd
     overrides.update(extra or {})
     return load_config(path, overrides)
 
@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from latent_rag_ros.nodes.graph import run_graph
 
     cfg = config_from_args(args)  # validate before starting anything
-    overrides = parse_overrides(args.set)
+    overrides = absolute_paths(parse_overrides(args.set))
     if args.camera_topic:
         overrides["ros.camera_topic"] = args.camera_topic
     del cfg
@@ -57,11 +57,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
     from latent_rag_ros.store.base import model_mismatch
 
     cfg = config_from_args(args)
+    store = open_store(args.store or cfg.store.path, read_only=True)  # a running store_node holds the writer lock
     device = resolve_device(cfg.protector.device)
     models = build_models(cfg, device, with_encoder=False)
     if models.random_weights:
         print(f"WARNING: random-weight models in use: {', '.join(models.random_weights)}", file=sys.stderr)
-    store = open_store(args.store or cfg.store.path, read_only=True)  # a running store_node holds the writer lock
     mismatch = model_mismatch(store.built_with, {k: models.sources[k] for k in ("generator", "reid")},
                               f"store {args.store or cfg.store.path!r}")
     if mismatch:
@@ -81,7 +81,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
     index = []
     bs = cfg.protector.batch_size
-    for s in tqdm(range(0, len(samples), bs), desc="protect", unit="batch"):
+    for s in tqdm(range(0, len(samples), bs), desc="protect", unit="batch", disable=None):
         batch = samples[s: s + bs]
         protected, result = protector.protect_crops([b.image for b in batch], store)
         for i, (smp, img) in enumerate(zip(batch, protected)):
@@ -122,10 +122,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+# Errors a user can fix (a missing or wrong file, store, bag, option): one line and exit code 2, no
+# traceback (``--debug`` shows it). Matched by class name so this module imports no heavy layer.
+USER_ERRORS = {"ConfigError", "DatasetError", "ModelFileError", "BagError", "StoreError", "RetrievalError",
+               "FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError", "ReaderError"}
+ROS_MODULES = ("rclpy", "rcl_interfaces", "sensor_msgs", "diagnostic_msgs", "latent_rag_ros.msg",
+               "latent_rag_ros.srv", "latent_rag_ros.nodes")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the problem and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def user_error(exc: BaseException) -> str:
+    """One line for an error the user can fix, or "" for a bug (which keeps its traceback)."""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith(ROS_MODULES):
+        return (f"this command needs ROS 2 ({exc.name} is missing): build the package with colcon and source "
+                "install/setup.bash, or use the repository's venv (make setup)")
+    if {c.__name__ for c in type(exc).__mro__} & USER_ERRORS:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="latent-rag", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="latent-rag", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="start the protection graph (what protect.launch.py starts)")
@@ -190,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        msg = "" if args.debug else user_error(exc)
+        if not msg:
+            raise
+        what = "configuration error" if isinstance(exc, ConfigError) else "error"
+        print(f"latent-rag {args.command}: {what}: {msg} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class ProtectorConfig:
 class StoreConfig:
     """Trusted vector store (FAISS directory by default, or a Milvus URI)."""
 
-    path: str = "stores/demo"
+    path: str = "demo"                # "demo": $ROS_HOME/latent_rag_ros/stores/demo (user data, built on request)
     backend: str = "auto"             # "auto", "faiss", "milvus"
     max_m: int = 64                   # no request may return more codes than this
     max_add: int = 1024               # entries per AddIdentities call
@@ -140,7 +140,7 @@ class Config:
         """Resolve a relative path in the config against the config file's folder."""
         if not value or value in _SPECIAL_PATHS or Path(value).is_absolute() or "://" in value:
             return value
-        return str((Path(self.base_dir or ".") / value).resolve())
+        return str((Path(self.base_dir or ".") / Path(value).expanduser()).resolve())
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict of every value (for reports and parameter declaration)."""
@@ -150,6 +150,35 @@ class Config:
 
 
 _SPECIAL_PATHS = {"demo", "random", "projection", "deepsort_mobilenetv2", "bagtricks", "agw", "torchreid"}
+PATH_KEYS = ("models.generator", "models.latent_encoder", "models.reid_path", "detector.path", "store.path")
+
+
+def user_data_dir() -> Path:
+    """Where the package keeps user data such as the demo store: ``$ROS_HOME/latent_rag_ros`` (ROS_HOME: ~/.ros)."""
+    import os
+
+    return Path(os.environ.get("ROS_HOME") or Path.home() / ".ros").expanduser() / "latent_rag_ros"
+
+
+def demo_store_path() -> Path:
+    """The demo store's folder (``store.path: demo``); no store of real people's codes ships in the package."""
+    return user_data_dir() / "stores" / "demo"
+
+
+def demo_store_hint(path: str) -> str:
+    """One line saying how to build the demo store at ``path`` (where ``store.path: demo`` points)."""
+    video = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+    return f"build it with: latent-rag build-store --images {video} --out {path}  (Debian package opencv-doc)"
+
+
+def absolute_paths(overrides: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
+    """Shell-typed overrides (``--set store.path=x``): relative path values made absolute against ``base`` (cwd)."""
+    out = dict(overrides)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and value not in _SPECIAL_PATHS and "://" not in value:
+            out[key] = str((Path(base or Path.cwd()) / Path(value).expanduser()).resolve())
+    return out
 
 _CHOICES: dict[str, set[str]] = {
     "protector.schedule": {"simultaneous", "alternating"},
@@ -373,6 +402,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if overrides:
         _apply(cfg, unflatten(dict(overrides)), "")
     _validate(cfg)
+    # relative paths mean "next to the config file", wherever the process was started from
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, cfg.resolve_path(get_value(cfg, key)))
+    if cfg.store.path == "demo":
+        cfg.store.path = str(demo_store_path())
     return cfg
 
 

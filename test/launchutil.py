@@ -61,7 +61,8 @@ class LaunchRun:
         path = PREFIX / "share" / "latent_rag_ros" / "launch" / launch_file  # the installed file, as ros2 launch uses
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(vendor), os.environ.get("PYTHONPATH", "")]),
                "AMENT_PREFIX_PATH": str(PREFIX), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, str(ROOT / "test" / "ros2_launch.py"), str(path), *[f"{k}:={v}" for k, v in args.items()]]
+        cmd = [sys.executable, str(ROOT / "test" / "ros2_launch.py"), str(path),
+               *[f"{k}:={v}" for k, v in args.items()]]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -77,8 +78,8 @@ class LaunchRun:
 
     def pids(self) -> dict[str, int]:
         """Node process name -> pid, from launch's "process started with pid [N]" lines."""
-        return {m.group(1): int(m.group(2)) for m in re.finditer(r"\[INFO\] \[(\w+)-\d+\]: process started with pid \[(\d+)\]",
-                                                                self.output)}
+        pattern = r"\[INFO\] \[(\w+)-\d+\]: process started with pid \[(\d+)\]"
+        return {m.group(1): int(m.group(2)) for m in re.finditer(pattern, self.output)}
 
     def interrupt(self, timeout: float = 60.0) -> int:
         """SIGINT (Ctrl-C) to launch, as a terminal does; the launch process's exit code."""

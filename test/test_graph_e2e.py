@@ -75,7 +75,8 @@ def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> 
         out = probe.collect(ProtectedCrop, ros_name(cfg.ros.egress_topic))
         cam = probe.node.create_publisher(Image, ros_name(cfg.ros.camera_topic),
                                           QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-        wait_for(lambda: cam.get_subscription_count() > 0 and probe.node.count_publishers(ros_name(cfg.ros.egress_topic)) > 0,
+        egress = ros_name(cfg.ros.egress_topic)
+        wait_for(lambda: cam.get_subscription_count() > 0 and probe.node.count_publishers(egress) > 0,
                  60, "detector subscription and egress publisher")
         frames = vtest_frames(list(range(400, 600, 20)))
         deadline = time.monotonic() + 240
@@ -132,7 +133,8 @@ def test_bag_replay_through_the_graph_and_eval(graph_setup, tmp_path, storage) -
     graph = Graph()
     try:
         graph.start(["store_node", "detector_node", "protector_node", "egress_node"], str(cfg_file))
-        stats = replay_bag(str(bag), str(tmp_path / "protected"), ros_name(cfg.ros.camera_topic), ros_name(cfg.ros.egress_topic),
+        stats = replay_bag(str(bag), str(tmp_path / "protected"), ros_name(cfg.ros.camera_topic),
+                           ros_name(cfg.ros.egress_topic),
                            rate=1.0, storage=storage, discovery_timeout=120, drain_s=8.0, max_wait_s=240,
                            wait_subscribed=(ros_name(cfg.ros.crops_topic),))
         assert not graph.failed()

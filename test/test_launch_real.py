@@ -50,8 +50,8 @@ def store_setup(tmp_path_factory: pytest.TempPathFactory):
     models = build_models(cfg, "cpu", with_encoder=True)
     detector = build_detector(cfg)
     idx = list(range(0, 200, 20))
-    samples = [Sample(image=p.crop, name=f"vtest#f{i}_b{j}", frame=i)
-               for i, frame in zip(idx, vtest_frames(idx)) for j, p in enumerate(crop_people(detector, frame, cfg.detector))]
+    samples = [Sample(image=p.crop, name=f"vtest#f{i}_b{j}", frame=i) for i, frame in zip(idx, vtest_frames(idx))
+               for j, p in enumerate(crop_people(detector, frame, cfg.detector))]
     assert len(samples) >= 4, "HOG found too few people in vtest.avi to build a store"
     with torch.no_grad():
         build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,

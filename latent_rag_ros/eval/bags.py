@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -133,7 +133,7 @@ class BagRecorder:
             self._writer.close()
             self._writer = None  # type: ignore[assignment]
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> BagRecorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -185,7 +185,7 @@ def make_bag(source: Any, out: str | Path, topic: str = IMAGE_TOPIC, storage: st
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(items, desc="make-bag", unit="frame")
+        items = tqdm(items, desc="make-bag", unit="frame", disable=None)
     with BagRecorder(out, storage) as rec:
         img_conn = rec.add_topic(topic, IMAGE_TYPE)
         lab_conn = None

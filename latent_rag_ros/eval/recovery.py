@@ -249,7 +249,7 @@ def train_recovery(protected: Sequence[np.ndarray], original: Sequence[np.ndarra
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc=f"recovery {cfg.model}", unit="step", leave=False)
+        steps = tqdm(steps, desc=f"recovery {cfg.model}", unit="step", leave=False, disable=None)
     net.train()
     for _ in steps:
         bs = min(cfg.batch_size, n)

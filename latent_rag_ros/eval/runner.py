@@ -55,7 +55,7 @@ def embed_crops(reid: torch.nn.Module, crops: Sequence[np.ndarray], batch_size: 
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False, disable=None)
     for s in starts:
         x = bgr_to_tensor(crops[s:s + batch_size], size, device)  # type: ignore[arg-type]
         feats.append(reid(x).float().cpu().numpy())
@@ -123,7 +123,7 @@ def _protect_all(protector: Any, crops: Sequence[np.ndarray], store: Any, progre
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False, disable=None)
     images: list[np.ndarray] = []
     parts = []
     for s in starts:

@@ -18,6 +18,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
+from latent_rag_ros.config import demo_store_hint, demo_store_path
 from latent_rag_ros.core.retrieval import RetrievalError, retrieve
 from latent_rag_ros.nodes.common import NodeStatus, declare_config, f32_array, now_ms
 from latent_rag_ros.srv import AddIdentities, RetrieveLatents
@@ -51,6 +52,9 @@ class StoreNode(Node):
             self.store = open_store(self.cfg.store.path, backend=self.cfg.store.backend)
         except Exception as exc:  # noqa: BLE001 - keep serving, answer every request with the reason
             self.open_error = f"store {self.cfg.store.path!r} unavailable: {exc}"
+            if self.cfg.store.path == str(demo_store_path()):
+                hint = demo_store_hint(self.cfg.store.path)
+                self.open_error = f"demo store {self.cfg.store.path!r} not built yet: {hint}"
             self.get_logger().error(self.open_error)
             self.status.set(DiagnosticStatus.ERROR, self.open_error, store_loaded=False)
             return

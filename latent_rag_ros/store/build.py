@@ -119,7 +119,7 @@ def build_store(
                              "resumed": exists, "built_with": built_with, "image_size": list(size)}
     total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
     t0 = time.monotonic()
-    bar = tqdm(total=total, desc=f"build-store {Path(str(out)).name}", unit="crop", disable=not progress)
+    bar = tqdm(total=total, desc=f"build-store {Path(str(out)).name}", unit="crop", disable=not progress or None)
     try:
         for batch in _batches(samples, batch_size):
             bar.update(len(batch))

@@ -157,7 +157,7 @@ class MilvusStore(VectorStore):
         mip.add_index("dummy", index_type="FLAT", metric_type="L2")
         manifest = {
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "store_uuid": str(uuidlib.uuid4()),
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "dim": dim,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "dim": dim,
             "num_ws": num_ws, "w_dim": w_dim, "latent_dtype": latent_dtype, "metric": "cosine",
             "built_with": dict(built_with or {}), "seq": 0, "next_id": 0,
             "index_type": itype, "index_params": iparams,

@@ -331,7 +331,7 @@ def train_generator(
     meter = LossMeter()
     stopped = "steps"
     last_saved = step if ckpt_path is not None else -1
-    bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc="train G", unit="step", disable=not progress,
+    bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc="train G", unit="step", disable=not progress or None,
                dynamic_ncols=True)
     t_last = time.monotonic()
     try:

@@ -1,0 +1,5 @@
+"""setuptools shim: the package metadata lives in pyproject.toml (``pip install .``)."""
+
+from setuptools import setup
+
+setup()
