@@ -234,6 +234,123 @@ def ros_name(name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     return f"{ns}/{name}"
 
 
+# ---- ROS parameter schema (descriptors are generated from the dataclasses above) -------------------
+
+# Which keys each node declares (prefixes end with "."); a key no node claims is declared by all.
+NODE_KEYS: dict[str, tuple[str, ...]] = {
+    "detector_node": ("detector.", "ros.camera_topic", "ros.camera_qos.", "ros.crops_topic", "ros.output_qos.",
+                      "ros.status_period_s"),
+    "protector_node": ("models.", "protector.", "ros.crops_topic", "ros.protected_topic", "ros.retrieve_service",
+                       "ros.output_qos.", "ros.service_timeout_s", "ros.status_period_s", "ros.max_queue"),
+    "egress_node": ("ros.protected_topic", "ros.egress_topic", "ros.output_qos.", "ros.status_period_s"),
+    "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.status_period_s"),
+}
+# Keys a running node applies at once (read on every frame/request); all others are read-only and
+# need a restart (models, topics, QoS, devices, store location).
+RUNTIME_KEYS = {"protector.m", "protector.steps", "protector.coarse_step", "protector.fine_step", "protector.momentum",
+                "protector.temperature", "protector.schedule", "protector.use_div_loss", "protector.use_id_loss",
+                "protector.batch_window_ms", "detector.min_score", "detector.min_height", "detector.max_crops",
+                "detector.pad", "detector.upscale", "store.max_m"}
+# Allowed ranges (inclusive) of numeric keys, as ROS IntegerRange / FloatingPointRange.
+RANGES: dict[str, tuple[float, float]] = {
+    "protector.m": (1, 1024), "protector.steps": (0, 1000), "protector.coarse_layers": (0, 64),
+    "protector.coarse_step": (0.0, 1.0), "protector.fine_step": (0.0, 1.0), "protector.momentum": (0.0, 1.0),
+    "protector.temperature": (1e-6, 1e6), "protector.scale": (0.0, 1e6), "protector.eps": (1e-12, 1.0),
+    "protector.duplicate_tol": (0.0, 1.0), "protector.batch_size": (1, 1024),
+    "store.max_m": (1, 100000), "store.max_add": (1, 1000000), "store.rate_limit_hz": (0.0, 1e6),
+    "store.rate_limit_burst": (0.0, 1e6), "detector.upscale": (0.1, 10.0), "detector.min_height": (0, 100000),
+    "detector.max_crops": (1, 1024), "detector.pad": (0.0, 1.0), "ros.camera_qos.depth": (1, 10000),
+    "ros.output_qos.depth": (1, 10000), "ros.service_timeout_s": (0.001, 3600.0),
+    "ros.status_period_s": (0.01, 3600.0), "ros.max_queue": (1, 10000),
+    "models.reid_input_height": (8, 4096), "models.reid_input_width": (8, 4096),
+}
+
+
+@dataclass
+class ParamSpec:
+    """What a ROS ParameterDescriptor needs to know about one config key."""
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    read_only: bool
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing ``# comments`` of a dataclass's field lines (the schema's per-key documentation)."""
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for m in re.finditer(r"^\s+(\w+):\s*[^=\n]+=.*?#\s*(.+)$", src, re.MULTILINE):
+        out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def node_owns(node: str, key: str) -> bool:
+    """Whether ``node`` declares ``key`` (see NODE_KEYS; unclaimed keys and unknown nodes: every key)."""
+    def claims(patterns: tuple[str, ...]) -> bool:
+        return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+    if node not in NODE_KEYS or not any(claims(p) for p in NODE_KEYS.values()):
+        return True
+    return claims(NODE_KEYS[node])
+
+
+def parameter_specs(cfg: Config | None = None) -> dict[str, ParamSpec]:
+    """One ParamSpec per config key, defaults from ``cfg``: type, description, range, choices, read_only."""
+    cfg = cfg or Config()
+    specs: dict[str, ParamSpec] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = get_type_hints(type(obj))
+        notes = _field_comments(type(obj))
+        doc = (type(obj).__doc__ or "").strip().splitlines()[0]
+        for f in fields(obj):
+            if f.name == "base_dir":
+                continue
+            key, typ, value = prefix + f.name, hints[f.name], getattr(obj, f.name)
+            if dataclasses.is_dataclass(typ):
+                walk(value, key + ".")
+                continue
+            choices = tuple(sorted(_CHOICES.get(key, ())))
+            text = notes.get(f.name) or f"{doc} ({f.name})"
+            if choices:
+                text += f" [one of: {', '.join(choices)}]"
+            if key not in RUNTIME_KEYS:
+                text += " (read-only: restart the node to change it)"
+            specs[key] = ParamSpec(key, typ, value, text, key not in RUNTIME_KEYS, RANGES.get(key), choices)
+
+    walk(cfg, "")
+    return specs
+
+
+def apply_runtime(cfg: Config, changes: dict[str, Any]) -> str:
+    """Apply run-time parameter changes to ``cfg`` in place if all are allowed and valid; else the reason."""
+    import copy
+
+    bad = [k for k in changes if k not in RUNTIME_KEYS]
+    if bad:
+        return f"{', '.join(bad)}: read-only, restart the node to change it"
+    trial = copy.deepcopy(cfg)
+    try:
+        _apply(trial, unflatten(changes), "")
+        _validate(trial)
+    except ConfigError as exc:
+        return str(exc)
+    for key in changes:
+        section, name = key.rsplit(".", 1)
+        setattr(get_value(cfg, section), name, get_value(trial, key))
+    return ""
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (ROS parameter names)."""
     out: dict[str, Any] = {}

@@ -14,37 +14,101 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from latent_rag_ros.config import Config, ConfigError, flatten, load_config
+from latent_rag_ros.config import (
+    Config,
+    ConfigError,
+    ParamSpec,
+    apply_runtime,
+    load_config,
+    node_owns,
+    parameter_specs,
+)
 from latent_rag_ros.config import QosConfig as QosCfg
 
 _CHANNELS = {"bgr8": 3, "rgb8": 3, "mono8": 1, "bgra8": 4, "rgba8": 4, "8UC3": 3, "8UC1": 1}
 
 
-def declare_config(node: Node) -> Config:
-    """Declare every config key as a ROS parameter (defaults from ``config_file`` or the schema) and build the Config.
+_PARAM_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+                float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+_ROLES = {"DetectorNode": "detector_node", "ProtectorNode": "protector_node", "EgressNode": "egress_node",
+          "StoreNode": "store_node"}
 
-    Parameter files written for the nodes (``/**: ros__parameters: {models: {...}, ...}``) set the
-    same dotted names, so ``--params-file config/latent_rag.yaml`` and ``config_file:=...`` agree.
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """ROS ParameterDescriptor of one schema key: type, description, range, read_only."""
+    d = ParameterDescriptor(name=spec.name, type=_PARAM_TYPES[spec.type], description=spec.description,
+                            read_only=spec.read_only)
+    if spec.choices:
+        d.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    if spec.range is not None and spec.type is int:
+        d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=0)]
+    elif spec.range is not None and spec.type is float:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]), to_value=float(spec.range[1]),
+                                                     step=0.0)]
+    return d
+
+
+def _int_overrides_as_double(node: Node, specs: dict[str, ParamSpec]) -> None:
+    """A parameter file's ``2`` for a double key means ``2.0`` (rclpy would refuse the whole node)."""
+    overrides = getattr(node, "_parameter_overrides", {})
+    for key, p in list(overrides.items()):
+        spec = specs.get(key)
+        if spec is not None and spec.type is float and p.type_ == Parameter.Type.INTEGER:
+            overrides[key] = Parameter(key, Parameter.Type.DOUBLE, float(p.value))
+
+
+def declare_config(node: Node) -> Config:
+    """Declare this node's config keys as typed ROS parameters (defaults from ``config_file``) and build the Config.
+
+    Descriptors (description, type, range, read-only) come from the one schema in config.py; each
+    node declares only the keys it uses. Parameter files written for the nodes
+    (``/**: ros__parameters: {models: {...}, ...}``) set the same dotted names, so ``--params-file
+    config/latent_rag.yaml`` and ``config_file:=...`` agree. Run-time changes of the keys in
+    ``config.RUNTIME_KEYS`` are validated and applied at once; others are refused with the reason.
     """
-    config_file = node.declare_parameter("config_file", "").value or None
+    config_file = node.declare_parameter(
+        "config_file", "", ParameterDescriptor(description="latent_rag_ros parameter file the values start from",
+                                               read_only=True)).value or None
     base = load_config(config_file)
+    role = _ROLES.get(type(node).__name__, node.get_name())
+    specs = {k: s for k, s in parameter_specs(base).items() if node_owns(role, k)}
+    _int_overrides_as_double(node, specs)
     overrides: dict[str, Any] = {}
-    for key, default in flatten(base.to_dict()).items():
-        value = node.declare_parameter(key, default, ParameterDescriptor(dynamic_typing=True)).value
-        if value == "" and default != "":
+    for key, spec in specs.items():
+        value = node.declare_parameter(key, spec.default, descriptor(spec)).value
+        if value == "" and spec.default != "":
             continue  # an empty string means "keep the config file's value" (launch-file defaults)
-        if value != default:
+        if value != spec.default:
             overrides[key] = value
     try:
         cfg = load_config(config_file, overrides)
     except ConfigError as exc:
         node.get_logger().fatal(f"invalid configuration: {exc}")
         raise
+
+    def on_set(params: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in params if p.name in specs}
+        reason = apply_runtime(cfg, changes) if changes else ""
+        if reason:
+            node.get_logger().warning(f"parameter change refused: {reason}")
+        else:
+            for key, value in changes.items():
+                node.get_logger().info(f"parameter {key} = {value!r} (applied)")
+        return SetParametersResult(successful=not reason, reason=reason)
+
+    node.add_on_set_parameters_callback(on_set)
     node.get_logger().info(f"configuration: {config_file or 'built-in defaults'} ({len(overrides)} overrides)")
     return cfg
 
