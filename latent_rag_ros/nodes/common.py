@@ -1,7 +1,7 @@
 """What every node shares: config from ROS parameters, QoS from config, image conversion, status.
 
-Images are converted here rather than with cv_bridge: ROS 2's cv_bridge cannot be installed from
-PyPI (the PyPI ``cv-bridge`` is a ROS 1 wheel), and the few encodings a camera sends are a reshape.
+Camera messages are converted in ``nodes.images`` (cv_bridge where importable, rosbags-image
+otherwise); this module re-exports those functions.
 """
 
 from __future__ import annotations
@@ -21,8 +21,13 @@ from sensor_msgs.msg import Image
 
 from latent_rag_ros.config import Config, ConfigError, flatten, load_config
 from latent_rag_ros.config import QosConfig as QosCfg
-
-_CHANNELS = {"bgr8": 3, "rgb8": 3, "mono8": 1, "bgra8": 4, "rgba8": 4, "8UC3": 3, "8UC1": 1}
+from latent_rag_ros.nodes.images import (  # noqa: F401 - re-exported: the nodes' one import point
+    FrameLimits,
+    bgr_to_image_fields,
+    camera_to_bgr,
+    compressed_to_bgr,
+    image_to_bgr,
+)
 
 
 def declare_config(node: Node) -> Config:
@@ -62,45 +67,16 @@ def qos_profile(q: QosCfg) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=q.depth, reliability=rel)
 
 
-def image_to_bgr(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> uint8 BGR HxWx3; raises ValueError for malformed or unsupported images."""
-    ch = _CHANNELS.get(msg.encoding)
-    if ch is None:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {sorted(_CHANNELS)})")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"empty image {w}x{h}")
-    if step < w * ch:
-        raise ValueError(f"step {step} < width*channels {w * ch}")
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    if data.size != step * h:
-        raise ValueError(f"data has {data.size} bytes, expected step*height = {step * h}")
-    img = data.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-    if ch == 1:
-        return np.repeat(img, 3, axis=2)
-    if msg.encoding in ("rgb8",):
-        return np.ascontiguousarray(img[:, :, ::-1])
-    if msg.encoding == "rgba8":
-        return np.ascontiguousarray(img[:, :, 2::-1])
-    if msg.encoding == "bgra8":
-        return np.ascontiguousarray(img[:, :, :3])
-    return np.ascontiguousarray(img)
+def frame_limits(cfg: Config) -> FrameLimits:
+    """The configured largest camera frame (``ros.max_frame_pixels``, ``ros.max_frame_bytes``)."""
+    return FrameLimits(cfg.ros.max_frame_pixels, cfg.ros.max_frame_bytes)
 
 
 def bgr_to_image(bgr: np.ndarray, header: Any = None, encoding: str = "bgr8") -> Image:
     """uint8 BGR HxWx3 -> sensor_msgs/Image (``bgr8`` or ``rgb8``)."""
-    if encoding not in ("bgr8", "rgb8"):
-        raise ValueError("encoding must be bgr8 or rgb8")
-    arr = bgr if encoding == "bgr8" else bgr[:, :, ::-1]
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    msg = Image()
+    msg = Image(**bgr_to_image_fields(bgr, encoding))
     if header is not None:
         msg.header = header
-    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(arr.shape[1] * 3)
-    msg.data = arr.tobytes()
     return msg
 
 
@@ -122,6 +98,12 @@ class NodeStatus:
         """Add ``n`` to counter ``key``."""
         with self._lock:
             self.counters[key] += n
+
+    def reject(self, key: str, reason: str) -> None:
+        """Count one rejected input under ``key`` and keep the latest reason (``last_rejection``)."""
+        with self._lock:
+            self.counters[key] += 1
+            self.flags["last_rejection"] = f"{key}: {reason[:200]}"
 
     def latency(self, stage: str, ms: float) -> None:
         """Record one latency sample of ``stage`` in milliseconds."""
