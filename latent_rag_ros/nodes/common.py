@@ -7,6 +7,7 @@ otherwise); this module re-exports those functions.
 from __future__ import annotations
 
 import array
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -89,6 +90,9 @@ class NodeStatus:
         self.counters: dict[str, int] = defaultdict(int)
         self.flags: dict[str, str] = {}
         self._lat: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100))
+        # restarts: set by `latent-rag run` when it respawns a node; started_at shows any respawn
+        self.flags.update(restarts=os.environ.get("LATENT_RAG_RESTARTS", "0"),
+                          started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.level = DiagnosticStatus.OK
         self.message = "starting"
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)

@@ -93,9 +93,12 @@ class DetectorNode(Node):
         self.status.set(DiagnosticStatus.OK, "running")
 
     def destroy_node(self) -> None:
-        # stop the worker before the publishers go away (publishing on a destroyed node aborts)
-        self.slot.close()
-        self._worker.join(timeout=10.0)
+        # stop the worker before the publishers go away (publishing on a destroyed node aborts);
+        # a node whose start-up failed has neither
+        if hasattr(self, "slot"):
+            self.slot.close()
+        if hasattr(self, "_worker"):
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
 

@@ -201,9 +201,12 @@ class ProtectorNode(Node):
         self.status.latency("frame", now_ms() - t0)
 
     def destroy_node(self) -> None:
-        # stop the worker before the publishers go away (publishing on a destroyed node aborts)
-        self.slot.close()
-        self._worker.join(timeout=60.0)
+        # stop the worker before the publishers go away (publishing on a destroyed node aborts);
+        # a node whose start-up failed (e.g. a corrupt model file) has neither
+        if hasattr(self, "slot"):
+            self.slot.close()
+        if hasattr(self, "_worker"):
+            self._worker.join(timeout=60.0)
         self.protector = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -150,7 +150,7 @@ class StoreNode(Node):
         return res
 
     def destroy_node(self) -> None:
-        if self.store is not None:
+        if getattr(self, "store", None) is not None:
             with self._lock:
                 self.store.close()
             self.store = None
