@@ -146,14 +146,27 @@ class NodeStatus:
 
 
 class LatestSlot:
-    """A one-deep (or ``depth``-deep) mailbox where the newest item wins and overwritten ones are counted."""
+    """A one-deep (or ``depth``-deep) mailbox where the newest item wins and overwritten ones are counted.
 
-    def __init__(self, depth: int = 1) -> None:
-        self._items: deque[Any] = deque()
+    With ``max_age_s`` > 0, an item that waited longer than that (on ``clock``, monotonic seconds by
+    default; tests inject their own) is discarded when a consumer reaches it and counted in
+    ``stale``: under overload the queue never holds more than ``depth`` items and no processed item
+    is older than ``max_age_s``.
+    """
+
+    def __init__(self, depth: int = 1, max_age_s: float = 0.0, clock: Any = time.monotonic) -> None:
+        self._items: deque[tuple[float, Any]] = deque()
         self._depth = depth
+        self._max_age = max_age_s
+        self._clock = clock
         self._cv = threading.Condition()
         self.dropped = 0
+        self.stale = 0
         self.closed = False
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._items)
 
     def put(self, item: Any) -> bool:
         """Store ``item``; returns False if an older waiting item had to be dropped for it."""
@@ -163,16 +176,21 @@ class LatestSlot:
                 self._items.popleft()
                 self.dropped += 1
                 dropped = True
-            self._items.append(item)
+            self._items.append((self._clock(), item))
             self._cv.notify()
             return not dropped
 
     def get(self, timeout: float = 0.2) -> Any | None:
-        """Oldest waiting item, or None after ``timeout`` s (or when closed)."""
+        """Oldest waiting item that is not too old, or None after ``timeout`` s (or when closed)."""
         with self._cv:
             if not self._items and not self.closed:
                 self._cv.wait(timeout)
-            return self._items.popleft() if self._items else None
+            while self._items:
+                t, item = self._items.popleft()
+                if self._max_age <= 0 or self._clock() - t <= self._max_age:
+                    return item
+                self.stale += 1
+            return None
 
     def close(self) -> None:
         """Wake waiting consumers for shutdown."""

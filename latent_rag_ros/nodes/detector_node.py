@@ -37,7 +37,7 @@ class DetectorNode(Node):
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
         self.detector = build_detector(self.cfg)
         self.status.set(DiagnosticStatus.OK, "waiting for frames", model_loaded=True, detector=self.cfg.detector.kind)
-        self.slot = LatestSlot(1)
+        self.slot = LatestSlot(1, max_age_s=self.cfg.ros.max_frame_age_s)
         self.frame_index = 0
         self.pub = self.create_publisher(PersonCrops, self.cfg.ros.crops_topic, qos_profile(self.cfg.ros.output_qos))
         self.limits = frame_limits(self.cfg)
@@ -63,7 +63,10 @@ class DetectorNode(Node):
 
     def _run(self) -> None:
         while rclpy.ok() and not self.slot.closed:
+            stale = self.slot.stale
             msg = self.slot.get()
+            if self.slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", self.slot.stale - stale)
             if msg is not None:
                 self.process(msg)
 

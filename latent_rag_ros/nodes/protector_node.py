@@ -72,7 +72,7 @@ class ProtectorNode(Node):
         self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
                                          qos_profile(self.cfg.ros.output_qos))
         self.limits = frame_limits(self.cfg)
-        self.slot = LatestSlot(self.cfg.ros.max_queue)
+        self.slot = LatestSlot(self.cfg.ros.max_queue, max_age_s=self.cfg.ros.max_frame_age_s)
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
                                             qos_profile(self.cfg.ros.output_qos))
         self._worker = threading.Thread(target=self._run, name="protector", daemon=True)
@@ -97,7 +97,10 @@ class ProtectorNode(Node):
 
     def _run(self) -> None:
         while rclpy.ok() and not self.slot.closed:
+            stale = self.slot.stale
             msg = self.slot.get()
+            if self.slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", self.slot.stale - stale)
             if msg is not None:
                 try:
                     self.process(msg)

@@ -140,7 +140,10 @@ class StoreNode(Node):
                 raise ValueError(f"labels: at most {MAX_LABEL_CHARS} characters each")
             with self._lock:
                 ids = store.add(vec.reshape(n, store.dim), lat.reshape(n, store.num_ws, store.w_dim), labels)
-        except (ValueError, RuntimeError, OSError) as exc:
+        except OSError as exc:   # e.g. a full disk: the store rolled the add back, reads go on
+            return self._refuse(res, f"store {self.cfg.store.path!r} cannot write: {exc.strerror or exc}; nothing "
+                                "of this request was stored (free disk space, then retry)")
+        except (ValueError, RuntimeError) as exc:
             return self._refuse(res, str(exc))
         res.ok = True
         res.ids = [int(i) for i in ids]
