@@ -128,6 +128,7 @@ def main() -> int:
     _build_store(cfg_file)
 
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -152,6 +153,13 @@ def main() -> int:
         with lock:
             lat.append((now - stamp) / 1e6)
 
+    status: dict[str, dict[str, str]] = {}
+
+    def on_diag(arr: DiagnosticArray) -> None:
+        for st in arr.status:
+            status[st.name.split(": ")[-1]] = {kv.key: kv.value for kv in st.values}
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
     node.create_subscription(ProtectedCrop, "/reid/protected", on_protected,
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     cam = node.create_publisher(Image, "/camera/image_raw", QoSProfile(depth=1,
@@ -219,6 +227,8 @@ def main() -> int:
     summary["protected_received"] = sum(x["received"] for x in lat_rows)
     summary["latency_p50_ms_median_window"] = float(np.median([x["p50_ms"] for x in good])) if good else None
     summary["latency_p99_ms_max_window"] = max(x["p99_ms"] for x in good) if good else None
+    summary["final_status"] = {n: {k: v for k, v in st.items() if not k.startswith("latency_ms") or k.endswith("mean")}
+                               for n, st in status.items()}
     (out / "soak.json").write_text(json.dumps(summary, indent=1))
     _plot(rows, lat_rows, out / "soak.png")
     print(json.dumps(summary, indent=1))
