@@ -250,3 +250,37 @@ def test_corrupted_model_file_gives_one_error_and_a_nonzero_exit(tmp_path: Path)
     fatal = [line for line in text.splitlines() if "fatal" in line.lower()]
     assert len(fatal) == 1 and weights.name in fatal[0], text
     assert "protecting" not in text       # never got as far as subscribing to crops
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+@pytest.mark.ros
+def test_latent_rag_run_respawns_a_killed_node_then_gives_up(tmp_path: Path) -> None:
+    """`latent-rag run`'s loop (run_graph) with only egress_node, so no models load: SIGKILL it, it comes
+    back; kill it past respawn_max_retries and the graph stops with exit code 1."""
+    cfg = write_params(tmp_path / "p.yaml", {"ros": {"status_period_s": 0.3}})
+    code = ("import sys, latent_rag_ros.nodes.graph as g; g.ROBOT_NODES = ('egress_node',); "
+            "raise SystemExit(g.run_graph(sys.argv[1], False, None, g.Respawn(max_retries=2, delay=0.2)))")
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        runner = subprocess.Popen([sys.executable, "-c", code, str(cfg)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(_children(runner.pid)) == 1, 60, "egress_node started")
+        for restart in (1, 2):
+            victim = _children(runner.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda v=victim: _children(runner.pid) and _children(runner.pid)[0] != v, 60,
+                     f"egress_node restarted ({restart})")
+            assert f"restart {restart})" in log.read_text()
+        os.kill(_children(runner.pid)[0], signal.SIGKILL)   # a third death: past max_retries=2
+        assert runner.wait(60) == 1
+        text = log.read_text()
+        assert "restarting in 0.2 s (1/2)" in text and "restarting in 0.4 s (2/2)" in text
+        assert "after 2 restarts; stopping the graph" in text
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
