@@ -33,12 +33,16 @@ def generate_launch_description() -> LaunchDescription:
     default_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
                                      os.path.join(share, "config", "fastdds_large_images.xml"))
     config = LaunchConfiguration("config_file")
+    # a node that dies (e.g. a native crash) is restarted; nothing is published while it is down
+    respawn = {"respawn": LaunchConfiguration("respawn"), "respawn_delay": 2.0, "respawn_max_retries": 5}
     common = {"config_file": config, "use_sim_time": LaunchConfiguration("use_sim_time")}
     params = [config, {**common, "ros.camera_topic": LaunchConfiguration("camera_topic")}]
     return LaunchDescription([
         DeclareLaunchArgument("fastdds_profile", default_value=default_profile,
                               description="Fast DDS XML profile (large shared-memory segment for images)"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+        DeclareLaunchArgument("respawn", default_value="true",
+                              description="restart a node that exits (2 s delay, at most 5 times)"),
         DeclareLaunchArgument("config_file", default_value=default_config,
                               description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
@@ -51,8 +55,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="use /clock (bag replay with --clock) instead of the wall clock"),
         DeclareLaunchArgument("log_level", default_value="info",
                               description="log level of every node (debug, info, warn, error, fatal)"),
-        _node("store_node", [config, common], condition=IfCondition(LaunchConfiguration("with_store"))),
-        _node("detector_node", params),
-        _node("protector_node", params),
-        _node("egress_node", params),
+        _node("store_node", [config, common], condition=IfCondition(LaunchConfiguration("with_store")), **respawn),
+        _node("detector_node", params, **respawn),
+        _node("protector_node", params, **respawn),
+        _node("egress_node", params, **respawn),
     ])

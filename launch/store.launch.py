@@ -22,10 +22,14 @@ def generate_launch_description() -> LaunchDescription:
     default_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
                                      os.path.join(share, "config", "fastdds_large_images.xml"))
     config = LaunchConfiguration("config_file")
+    # a node that dies (e.g. a native crash) is restarted; nothing is published while it is down
+    respawn = {"respawn": LaunchConfiguration("respawn"), "respawn_delay": 2.0, "respawn_max_retries": 5}
     return LaunchDescription([
         DeclareLaunchArgument("fastdds_profile", default_value=default_profile,
                               description="Fast DDS XML profile (large shared-memory segment for images)"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+        DeclareLaunchArgument("respawn", default_value="true",
+                              description="restart a node that exits (2 s delay, at most 5 times)"),
         DeclareLaunchArgument("config_file", default_value=default_config,
                               description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
         DeclareLaunchArgument("store_path", default_value="",
@@ -35,7 +39,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock instead of the wall clock"),
         DeclareLaunchArgument("log_level", default_value="info", description="log level (debug, info, warn, ...)"),
-        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen",
+        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen", **respawn,
              namespace=LaunchConfiguration("namespace"),
              ros_arguments=["--log-level", LaunchConfiguration("log_level")],
              parameters=[config, {"config_file": config, "store.path": LaunchConfiguration("store_path"),
