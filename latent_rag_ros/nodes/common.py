@@ -45,7 +45,6 @@ from latent_rag_ros.nodes.images import (  # noqa: F401 - re-exported: the nodes
     image_to_bgr,
 )
 
-
 _PARAM_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                 float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
 _ROLES = {"DetectorNode": "detector_node", "ProtectorNode": "protector_node", "EgressNode": "egress_node",
