@@ -117,6 +117,9 @@ class RosConfig:
     crops_topic: str = "crops"
     protected_topic: str = "protected"
     egress_topic: str = "/reid/protected"
+    egress_image_topic: str = ""      # also publish each protected image as sensor_msgs/Image here ("" = off; rviz)
+    heartbeat_topic: str = "/reid/heartbeat"  # egress status at a fixed rate, no person data ("" = off)
+    heartbeat_period_s: float = 1.0   # heartbeat period in seconds
     output_qos: QosConfig = field(default_factory=QosConfig)
     retrieve_service: str = "retrieve_latents"
     add_service: str = "add_identities"
@@ -249,7 +252,8 @@ NODE_KEYS: dict[str, tuple[str, ...]] = {
                       "ros.status_period_s"),
     "protector_node": ("models.", "protector.", "ros.crops_topic", "ros.protected_topic", "ros.retrieve_service",
                        "ros.output_qos.", "ros.service_timeout_s", "ros.status_period_s", "ros.max_queue"),
-    "egress_node": ("ros.protected_topic", "ros.egress_topic", "ros.output_qos.", "ros.status_period_s"),
+    "egress_node": ("ros.protected_topic", "ros.egress_topic", "ros.output_qos.", "ros.status_period_s",
+                    "ros.egress_image_topic", "ros.heartbeat_topic", "ros.heartbeat_period_s"),
     "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.status_period_s"),
 }
 # Keys a running node applies at once (read on every frame/request); all others are read-only and
@@ -268,7 +272,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "store.rate_limit_burst": (0.0, 1e6), "detector.upscale": (0.1, 10.0), "detector.min_height": (0, 100000),
     "detector.max_crops": (1, 1024), "detector.pad": (0.0, 1.0), "ros.camera_qos.depth": (1, 10000),
     "ros.output_qos.depth": (1, 10000), "ros.service_timeout_s": (0.001, 3600.0),
-    "ros.status_period_s": (0.01, 3600.0), "ros.max_queue": (1, 10000),
+    "ros.status_period_s": (0.01, 3600.0), "ros.max_queue": (1, 10000), "ros.heartbeat_period_s": (0.01, 3600.0),
     "models.reid_input_height": (8, 4096), "models.reid_input_width": (8, 4096),
 }
 

@@ -3,14 +3,21 @@
 It subscribes to the protector's internal topic with the ProtectedCrop type (so nothing else can
 arrive), checks each message is well-formed (image present, finite embedding), and forwards it with
 reliable QoS. Anything malformed is dropped and counted.
+
+Egress topics (readable off the robot): ``ros.egress_topic`` (/reid/protected), the optional
+``ros.egress_image_topic`` (the same protected image as a plain sensor_msgs/Image, for rviz/rqt,
+published only after the same checks) and ``ros.heartbeat_topic`` (/reid/heartbeat: a
+DiagnosticStatus at a fixed rate with counters and whether a protector is connected, so a remote
+service can tell "nobody in view" from "protector down"; it carries nothing about any person).
 """
 
 from __future__ import annotations
 
 import math
 
-from diagnostic_msgs.msg import DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 
 from latent_rag_ros.msg import ProtectedCrop
 from latent_rag_ros.nodes.common import NodeStatus, declare_config, qos_profile
@@ -43,6 +50,12 @@ class EgressNode(Node):
         qos = qos_profile(self.cfg.ros.output_qos)
         self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.egress_topic, qos)
         self.sub = self.create_subscription(ProtectedCrop, self.cfg.ros.protected_topic, self.on_protected, qos)
+        topic = self.cfg.ros.egress_image_topic
+        self.image_pub = self.create_publisher(Image, topic, qos) if topic else None
+        self.heartbeat_seq = 0
+        if self.cfg.ros.heartbeat_topic:
+            self.heartbeat_pub = self.create_publisher(DiagnosticStatus, self.cfg.ros.heartbeat_topic, 10)
+            self.create_timer(self.cfg.ros.heartbeat_period_s, self.heartbeat)
         self.status.set(DiagnosticStatus.OK, "forwarding", model_loaded="n/a")
         self.get_logger().info(f"forwarding {self.cfg.ros.protected_topic} -> {self.cfg.ros.egress_topic}")
 
@@ -55,7 +68,23 @@ class EgressNode(Node):
             self.get_logger().warning(f"not forwarded: {problem}", throttle_duration_sec=5.0)
             return
         self.pub.publish(msg)
+        if self.image_pub is not None:
+            self.image_pub.publish(msg.image)
         self.status.count("frames_out")
+
+    def heartbeat(self) -> None:
+        """Publish the egress heartbeat: alive, protector connected or not, counters (no person data)."""
+        self.heartbeat_seq += 1
+        connected = self.count_publishers(self.cfg.ros.protected_topic) > 0
+        counts = self.status.snapshot()
+        st = DiagnosticStatus(level=DiagnosticStatus.OK if connected else DiagnosticStatus.ERROR,
+                              name="latent_rag_ros egress", hardware_id=self.get_fully_qualified_name(),
+                              message="forwarding" if connected else "no protector connected: nothing can be sent")
+        st.values = [KeyValue(key="seq", value=str(self.heartbeat_seq)),
+                     KeyValue(key="protector_connected", value=str(connected).lower()),
+                     KeyValue(key="forwarded", value=counts.get("frames_out", "0")),
+                     KeyValue(key="dropped_invalid", value=counts.get("dropped_invalid", "0"))]
+        self.heartbeat_pub.publish(st)
 
 
 def main(args: list[str] | None = None) -> int:
