@@ -112,19 +112,19 @@ class RosConfig:
     ``egress_topic`` is absolute: the remote re-ID service listens there unless it is remapped.
     """
 
-    camera_topic: str = "image_raw"
+    camera_topic: str = "image_raw"   # camera input (sensor_msgs/Image); robot-internal
     camera_qos: QosConfig = field(default_factory=lambda: QosConfig("best_effort", 1))
-    crops_topic: str = "crops"
-    protected_topic: str = "protected"
-    egress_topic: str = "/reid/protected"
+    crops_topic: str = "crops"        # raw person crops, detector -> protector; robot-internal
+    protected_topic: str = "protected"  # protector -> egress; robot-internal
+    egress_topic: str = "/reid/protected"  # the only topic with crops that leaves the robot (protected only)
     egress_image_topic: str = ""      # also publish each protected image as sensor_msgs/Image here ("" = off; rviz)
     heartbeat_topic: str = "/reid/heartbeat"  # egress status at a fixed rate, no person data ("" = off)
     heartbeat_period_s: float = 1.0   # heartbeat period in seconds
     output_qos: QosConfig = field(default_factory=QosConfig)
-    retrieve_service: str = "retrieve_latents"
-    add_service: str = "add_identities"
-    service_timeout_s: float = 2.0
-    status_period_s: float = 1.0
+    retrieve_service: str = "retrieve_latents"  # the trusted store's RetrieveLatents service
+    add_service: str = "add_identities"         # the trusted store's AddIdentities service
+    service_timeout_s: float = 2.0    # how long the protector waits for the store per frame
+    status_period_s: float = 1.0      # period of each node's /diagnostics status
     max_queue: int = 2                # crop batches waiting for the protector (latest wins)
     camera_transport: str = "raw"  # raw: Image on camera_topic; compressed: CompressedImage on <topic>/compressed
     max_frame_pixels: int = 16_777_216  # larger frames (width*height) are rejected before conversion
@@ -249,9 +249,11 @@ def ros_name(name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
 # Which keys each node declares (prefixes end with "."); a key no node claims is declared by all.
 NODE_KEYS: dict[str, tuple[str, ...]] = {
     "detector_node": ("detector.", "ros.camera_topic", "ros.camera_qos.", "ros.crops_topic", "ros.output_qos.",
-                      "ros.status_period_s"),
+                      "ros.status_period_s", "ros.camera_transport", "ros.max_frame_pixels", "ros.max_frame_bytes",
+                      "ros.max_frame_age_s"),
     "protector_node": ("models.", "protector.", "ros.crops_topic", "ros.protected_topic", "ros.retrieve_service",
-                       "ros.output_qos.", "ros.service_timeout_s", "ros.status_period_s", "ros.max_queue"),
+                       "ros.output_qos.", "ros.service_timeout_s", "ros.status_period_s", "ros.max_queue",
+                       "ros.max_frame_pixels", "ros.max_frame_bytes", "ros.max_frame_age_s"),
     "egress_node": ("ros.protected_topic", "ros.egress_topic", "ros.output_qos.", "ros.status_period_s",
                     "ros.egress_image_topic", "ros.heartbeat_topic", "ros.heartbeat_period_s"),
     "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.status_period_s"),
