@@ -102,7 +102,7 @@ def test_protect_launch_runs_the_graph_and_stops_on_ctrl_c(store_setup) -> None:
         assert len(out[0].embedding) == dim and out[0].m == 3 and out[0].steps == 2
         assert np.isfinite(np.asarray(out[0].embedding)).all()
         assert _param(probe, "/robot_a/detector_node", "use_sim_time") is False
-        assert _param(probe, "/robot_a/protector_node", "ros.camera_topic") == "front/image_raw"
+        assert _param(probe, "/robot_a/detector_node", "ros.camera_topic") == "front/image_raw"
         assert "[robot_a.detector_node]" in run.output
         assert any("[DEBUG]" in line for line in run.lines if line.startswith("[protector_node")), "log_level:=debug"
         _assert_clean_stop(run, NODES)
