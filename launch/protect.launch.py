@@ -53,6 +53,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="also start a local store_node (trusted store on this machine)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (bag replay with --clock) instead of the wall clock"),
+        # the protector may be in the middle of a frame (seconds on a CPU) when Ctrl-C arrives
+        DeclareLaunchArgument("sigterm_timeout", default_value="15",
+                              description="seconds a node may take to stop after SIGINT before SIGTERM"),
         DeclareLaunchArgument("log_level", default_value="info",
                               description="log level of every node (debug, info, warn, error, fatal)"),
         _node("store_node", [config, common], condition=IfCondition(LaunchConfiguration("with_store")), **respawn),

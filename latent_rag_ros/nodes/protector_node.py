@@ -126,7 +126,9 @@ class ProtectorNode(Node):
         out: list[RetrieveLatents.Response | None] = []
         deadline = now_ms() + self.cfg.ros.service_timeout_s * 1e3
         for ev, fut in zip(events, futures):
-            if not ev.wait(max(0.0, (deadline - now_ms()) / 1e3)):
+            while not ev.is_set() and not self.slot.closed and now_ms() < deadline:
+                ev.wait(0.1)  # short waits: a shutdown (Ctrl-C) does not sit out the whole timeout
+            if not ev.is_set():
                 self.client.remove_pending_request(fut)
                 out.append(None)
                 continue
