@@ -24,7 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import RegionOfInterest
 
-from latent_rag_ros.config import load_config
+from latent_rag_ros.config import load_config, ros_name
 from latent_rag_ros.datasets import Sample
 from latent_rag_ros.eval.bags import BagRecorder, read_protected
 from latent_rag_ros.models.factory import build_detector, build_models, store_identity
@@ -170,7 +170,7 @@ def test_kill_store_protector_egress_during_a_stream(fault_setup, tmp_path: Path
         probe.node.create_subscription(ProtectedCrop, cfg.ros.egress_topic,
                                        lambda raw: recorded.append((time.time_ns(), bytes(raw))),
                                        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE), raw=True)
-        cam = probe.node.create_publisher(PersonCrops, cfg.ros.crops_topic, QoSProfile(depth=10))
+        cam = probe.node.create_publisher(PersonCrops, ros_name(cfg.ros.crops_topic), QoSProfile(depth=10))
         streaming.set()
 
         def stream() -> None:
