@@ -20,8 +20,10 @@ from launch_ros.actions import Node
 
 
 def _node(executable: str, params: list, **kwargs) -> Node:
-    """One of the package's nodes with the shared arguments (namespace, log level, sim time)."""
-    return Node(package="latent_rag_ros", executable=executable, name=executable, output="screen",
+    """One of the package's nodes with the shared arguments (namespace, log level, sim time, respawn)."""
+    # a node that dies (e.g. a native crash) is restarted; nothing is published while it is down
+    respawn = {"respawn": LaunchConfiguration("respawn"), "respawn_delay": 2.0, "respawn_max_retries": 5}
+    return Node(package="latent_rag_ros", executable=executable, name=executable, output="screen", **respawn,
                 namespace=LaunchConfiguration("namespace"), parameters=params,
                 ros_arguments=["--log-level", LaunchConfiguration("log_level")], **kwargs)
 
@@ -33,8 +35,6 @@ def generate_launch_description() -> LaunchDescription:
     default_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
                                      os.path.join(share, "config", "fastdds_large_images.xml"))
     config = LaunchConfiguration("config_file")
-    # a node that dies (e.g. a native crash) is restarted; nothing is published while it is down
-    respawn = {"respawn": LaunchConfiguration("respawn"), "respawn_delay": 2.0, "respawn_max_retries": 5}
     common = {"config_file": config, "use_sim_time": LaunchConfiguration("use_sim_time")}
     params = [config, {**common, "ros.camera_topic": LaunchConfiguration("camera_topic")}]
     return LaunchDescription([
@@ -58,8 +58,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="seconds a node may take to stop after SIGINT before SIGTERM"),
         DeclareLaunchArgument("log_level", default_value="info",
                               description="log level of every node (debug, info, warn, error, fatal)"),
-        _node("store_node", [config, common], condition=IfCondition(LaunchConfiguration("with_store")), **respawn),
-        _node("detector_node", params, **respawn),
-        _node("protector_node", params, **respawn),
-        _node("egress_node", params, **respawn),
+        _node("store_node", [config, common], condition=IfCondition(LaunchConfiguration("with_store"))),
+        _node("detector_node", params),
+        _node("protector_node", params),
+        _node("egress_node", params),
     ])
