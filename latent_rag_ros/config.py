@@ -121,6 +121,18 @@ class RosConfig:
 
 
 @dataclass
+class LinkConfig:
+    """The authenticated, encrypted link to the trusted store (latent_rag_ros/security, README "Security model")."""
+
+    keys_dir: str = ""                # key files (<id>.key, 0600); "" = $ROS_HOME/latent_rag_keys (~/.ros/...)
+    key_id: str = "robot"             # this robot's key (protector, relay clients)
+    admin_key_id: str = "admin"       # the administrator key (AddIdentities, RemoveIdentities)
+    max_skew_s: float = 30.0          # requests whose timestamp is further off are refused (replay window)
+    via_relay: bool = False           # protector calls relay_service (host-local relay to a remote store)
+    relay_service: str = "/latent_rag/relay/retrieve_latents"
+
+
+@dataclass
 class Config:
     """Top-level configuration."""
 
@@ -129,6 +141,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     ros: RosConfig = field(default_factory=RosConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
     base_dir: str = ""                # folder relative paths are resolved against (not a parameter)
 
     def resolve_path(self, value: str) -> str:
@@ -176,6 +189,7 @@ def _validate(cfg: Config) -> None:
         (cfg.ros.camera_qos.depth >= 1 and cfg.ros.output_qos.depth >= 1, "QoS depth must be >= 1"),
         (cfg.detector.upscale > 0, "detector.upscale must be > 0"),
         (cfg.detector.max_crops >= 1, "detector.max_crops must be >= 1"),
+        (cfg.link.max_skew_s > 0, "link.max_skew_s must be > 0"),
     ]
     for ok, msg in checks:
         if not ok:
