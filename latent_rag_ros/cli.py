@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=lambda a: __import__("latent_rag_ros.bench", fromlist=["x"]).bench_protect(a))
 
-    for module in ("latent_rag_ros.store.cli", "latent_rag_ros.eval.cli", "latent_rag_ros.training.cli"):
+    for module in ("latent_rag_ros.store.cli", "latent_rag_ros.eval.cli", "latent_rag_ros.training.cli",
+                   "latent_rag_ros.security.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

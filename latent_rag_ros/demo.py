@@ -92,7 +92,10 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(110, 200)))
     graph = Graph()
     overrides = {"store.path": str(store_dir), "protector.device": "cpu", "ros.service_timeout_s": 30.0,
-                 "detector.max_crops": 4}
+                 "detector.max_crops": 4, "link.keys_dir": str(out / "keys")}
+    from latent_rag_ros.nodes.graph import provision_local_keys
+
+    provision_local_keys(args.config or _default_cfg(), overrides)   # the demo's own robot + admin link keys
     # Four node processes share the CPU: one math thread each (oversubscribed OpenMP threads were
     # measured 5-30x slower on a 2-core machine).
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -21,7 +21,7 @@ from latent_rag_ros.datasets import Sample
 from latent_rag_ros.models.factory import build_detector, build_models, store_identity
 from latent_rag_ros.msg import PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
-from latent_rag_ros.nodes.graph import Graph
+from latent_rag_ros.nodes.graph import Graph, provision_local_keys
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store.build import build_store
 
@@ -40,8 +40,9 @@ PARAMS = {
 @pytest.fixture(scope="module")
 def graph_setup(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("e2e")
-    params = {**PARAMS, "store": {"path": str(tmp / "store")}}
+    params = {**PARAMS, "store": {"path": str(tmp / "store")}, "link": {"keys_dir": str(tmp / "keys")}}
     cfg_file = write_params(tmp / "params.yaml", params)
+    provision_local_keys(str(cfg_file))   # the local store's robot + admin link keys
     cfg = load_config(cfg_file)
     models = build_models(cfg, "cpu", with_encoder=True)
     detector = build_detector(cfg)
