@@ -118,6 +118,7 @@ class RosConfig:
     service_timeout_s: float = 2.0
     status_period_s: float = 1.0
     max_queue: int = 2                # crop batches waiting for the protector (latest wins)
+    evaluation_mode: bool = False     # egress keeps label + stage timings (evaluation replays only)
 
 
 @dataclass

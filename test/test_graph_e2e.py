@@ -107,7 +107,9 @@ def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> 
         assert len(msg.embedding) == dim
         assert abs(np.linalg.norm(np.asarray(msg.embedding)) - 1.0) < 1e-3
         assert msg.embedding_model and msg.m == 3 and msg.steps == 2 and msg.store_version
-        assert "generate" in msg.stage_names
+        # egress checked and stripped the protector's tag and, outside evaluation mode, the
+        # evaluation-only fields
+        assert len(msg.tag) == 0 and msg.label == "" and len(msg.stage_names) == 0 and len(msg.stage_ms) == 0
         data = bytes(msg.image.data)
         assert all(data != r for r in raw_bytes), "a raw crop left the robot"
         # the protected image must differ from the raw crop of the same box substantially
@@ -132,7 +134,9 @@ def test_bag_replay_through_the_graph_and_eval(graph_setup, tmp_path, storage) -
     make_bag(vtest_frames([420, 440, 460, 480, 500, 520]), bag, storage=storage, rate_hz=2.0)
     graph = Graph()
     try:
-        graph.start(["store_node", "detector_node", "protector_node", "egress_node"], str(cfg_file))
+        # evaluation mode: egress keeps labels and stage timings for the report
+        graph.start(["store_node", "detector_node", "protector_node", "egress_node"], str(cfg_file),
+                    {"ros.evaluation_mode": True})
         stats = replay_bag(str(bag), str(tmp_path / "protected"), cfg.ros.camera_topic, cfg.ros.egress_topic,
                            rate=1.0, storage=storage, discovery_timeout=120, drain_s=8.0, max_wait_s=240,
                            wait_subscribed=(cfg.ros.crops_topic,))
@@ -143,6 +147,7 @@ def test_bag_replay_through_the_graph_and_eval(graph_setup, tmp_path, storage) -
     assert stats["frames_played"] == 6 and stats["protected_received"] >= 2
     msgs = read_protected(tmp_path / "protected")
     assert len(msgs) == stats["protected_received"]
+    assert all("generate" in m["timings_ms"] for m in msgs)
     report = run_eval(cfg, str(bag), tmp_path / "report", protected_bag=str(tmp_path / "protected"),
                       recovery_steps=3, progress=False)
     assert 0.0 <= report["privacy"]["ssim_mean"] < 1.0

@@ -2,11 +2,14 @@
 
 ``ros2 launch`` cannot be installed from PyPI; this runner starts the same executables with the
 same parameters (``config_file`` and overrides), forwards SIGINT/SIGTERM and stops every node.
+Each node process gets its transport zone's environment (latent_rag_ros/zones.py: robot-internal
+nodes host-local only) and protector and egress share a fresh per-run egress key.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from latent_rag_ros.config import use_fastdds_profile
+from latent_rag_ros.egress_auth import KEY_ENV, new_run_key
+from latent_rag_ros.zones import zone_env
 
 ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
 
@@ -33,6 +37,7 @@ class Graph:
     """A set of running node processes."""
 
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    run_key_dir: str | None = None     # the per-run egress key's private folder (removed on stop)
 
     def start(
         self,
@@ -42,19 +47,26 @@ class Graph:
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
     ) -> None:
-        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...``."""
+        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...`` in its zone."""
         params = []
         if config_file:
             params += ["-p", f"config_file:={os.path.abspath(config_file)}"]
         for k, v in (overrides or {}).items():
             params += ["-p", f"{k}:={_ros_value(v)}"]
+        base = {**os.environ, **(env or {})}
+        if not base.get(KEY_ENV):
+            if self.run_key_dir is None:
+                self.run_key_dir = str(new_run_key({}).parent)
+            base[KEY_ENV] = os.path.join(self.run_key_dir, "egress.key")
         for name in nodes:
             cmd = [sys.executable, "-m", f"latent_rag_ros.nodes.{name}", "--ros-args", *params]
             out = None
             if log_dir:
                 os.makedirs(log_dir, exist_ok=True)
                 out = open(os.path.join(log_dir, f"{name}.log"), "w")
-            child_env = use_fastdds_profile({**os.environ, **(env or {})})
+            child_env, warnings = zone_env(name, base)
+            for w in warnings:
+                print(f"[latent-rag run] WARNING ({name}): {w}", file=sys.stderr, flush=True)
             self.procs[name] = subprocess.Popen(cmd, env=child_env, stdout=out,
                                                 stderr=subprocess.STDOUT if out else None)
 
@@ -75,6 +87,9 @@ class Graph:
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes[name] = p.wait()
+        if self.run_key_dir:
+            shutil.rmtree(self.run_key_dir, ignore_errors=True)
+            self.run_key_dir = None
         return codes
 
 

@@ -19,6 +19,7 @@ from sensor_msgs.msg import RegionOfInterest
 from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.core.protector import Protector, resolve_device
 from latent_rag_ros.core.retrieval import Retrieved
+from latent_rag_ros.egress_auth import EgressTagger, key_file, load_key
 from latent_rag_ros.models.factory import build_models
 from latent_rag_ros.msg import PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import (
@@ -31,6 +32,7 @@ from latent_rag_ros.nodes.common import (
     now_ms,
     qos_profile,
 )
+from latent_rag_ros.nodes.egress_node import sign_protected
 from latent_rag_ros.srv import RetrieveLatents
 
 
@@ -41,6 +43,7 @@ class ProtectorNode(Node):
         super().__init__("protector_node")
         self.cfg = declare_config(self)
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
+        self.tagger = EgressTagger(load_key(key_file()))   # egress forwards only what this node tagged
         device = resolve_device(self.cfg.protector.device)
         models = build_models(self.cfg, device, with_encoder=False)
         self.random_weights = models.random_weights
@@ -177,6 +180,7 @@ class ProtectorNode(Node):
             out.steps = int(self.cfg.protector.steps)
             out.stage_names = names
             out.stage_ms = [float(result.timings_ms[k]) for k in names]
+            sign_protected(self.tagger, out)
             self.pub.publish(out)
         self.status.count("crops_out", len(keep))
         for k, v in result.timings_ms.items():

@@ -16,8 +16,8 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from latent_rag_ros.config import use_fastdds_profile
 from latent_rag_ros.msg import ProtectedCrop
+from latent_rag_ros.zones import INTERNAL, apply_zone
 
 PROTECTED_TYPE = "latent_rag_ros/msg/ProtectedCrop"
 
@@ -60,7 +60,7 @@ def replay_bag(
     src_topic, frames = _camera_messages(bag_in, source_topic)
     own_init = not rclpy.ok()
     if own_init:
-        use_fastdds_profile()  # whole camera frames over shared memory (see config/fastdds_large_images.xml)
+        apply_zone(INTERNAL)  # raw camera frames: a robot-internal participant (host-local, SHM only)
         rclpy.init()
     node = Node("latent_rag_replay")
     received: list[tuple[int, bytes]] = []
