@@ -115,6 +115,7 @@ class RosConfig:
     output_qos: QosConfig = field(default_factory=QosConfig)
     retrieve_service: str = "/latent_rag/retrieve_latents"
     add_service: str = "/latent_rag/add_identities"
+    remove_service: str = "/latent_rag/remove_identities"
     service_timeout_s: float = 2.0
     status_period_s: float = 1.0
     max_queue: int = 2                # crop batches waiting for the protector (latest wins)

@@ -93,6 +93,33 @@ class Graph:
         return codes
 
 
+def provision_local_keys(config_file: str | None, overrides: dict[str, Any] | None = None) -> list[str]:
+    """Create the robot and administrator link keys of a local store if they are missing; returns what it made.
+
+    ``latent-rag run --with-store`` and the demo call this, so a one-machine graph just works; a real
+    deployment provisions keys with ``latent-rag keys new`` and copies each robot's file to it.
+    """
+    from latent_rag_ros.config import load_config
+    from latent_rag_ros.security import new_key
+    from latent_rag_ros.security.keys import key_path
+
+    cfg = load_config(config_file or None, overrides or {})
+    keys_dir = cfg.resolve_path(cfg.link.keys_dir) if cfg.link.keys_dir else ""
+    made = []
+    for key_id, role in ((cfg.link.key_id, "robot"), (cfg.link.admin_key_id, "admin")):
+        if not key_path(keys_dir, key_id).exists():
+            made.append(str(new_key(keys_dir, key_id, role).path))
+    return made
+
+
+def graph_nodes(with_store: bool, overrides: dict[str, Any]) -> tuple[str, ...]:
+    """The node processes of ``latent-rag run``: a local store, or a relay to the remote one."""
+    if with_store:
+        return ("store_node", *ROBOT_NODES)
+    overrides.setdefault("link.via_relay", True)   # the host-local protector reaches the network via the relay
+    return (*ROBOT_NODES, "relay_node")
+
+
 def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, Any] | None = None) -> int:
     """``latent-rag run``: start the graph and wait until SIGINT/SIGTERM or a node dies."""
     graph = Graph()
@@ -102,7 +129,11 @@ def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, An
         stop["flag"] = True
 
     old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    nodes = (("store_node",) if with_store else ()) + ROBOT_NODES
+    overrides = dict(overrides or {})
+    nodes = graph_nodes(with_store, overrides)
+    if with_store:
+        for path in provision_local_keys(config_file, overrides):
+            print(f"[latent-rag run] created link key {path} (0600)", flush=True)
     graph.start(nodes, config_file, overrides)
     print(f"[latent-rag run] started {', '.join(nodes)}; Ctrl-C to stop", flush=True)
     code = 0

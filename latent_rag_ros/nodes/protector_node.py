@@ -8,6 +8,7 @@ not answer, the status says so and NOTHING is published for those crops: never a
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import rclpy
@@ -33,6 +34,9 @@ from latent_rag_ros.nodes.common import (
     qos_profile,
 )
 from latent_rag_ros.nodes.egress_node import sign_protected
+from latent_rag_ros.nodes.link import call as link_call
+from latent_rag_ros.nodes.link import client_sealer
+from latent_rag_ros.security import ClientSealer
 from latent_rag_ros.srv import RetrieveLatents
 
 
@@ -55,7 +59,11 @@ class ProtectorNode(Node):
             self.get_logger().warning(f"RANDOM-WEIGHT models in use: {', '.join(self.random_weights)}")
         self.status.set(DiagnosticStatus.OK, "waiting for crops", model_loaded=True, device=str(device),
                         random_weights=",".join(self.random_weights) or "none", store_reachable="unknown")
-        self.client = self.create_client(RetrieveLatents, self.cfg.ros.retrieve_service)
+        # the trusted store directly (local store over SHM) or through the host-local relay (remote store)
+        service = self.cfg.link.relay_service if self.cfg.link.via_relay else self.cfg.ros.retrieve_service
+        self.client = self.create_client(RetrieveLatents, service)
+        self._sealer: ClientSealer | None = None
+        self._link_sealer()
         self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
                                          qos_profile(self.cfg.ros.output_qos))
         self.slot = LatestSlot(self.cfg.ros.max_queue)
@@ -92,35 +100,46 @@ class ProtectorNode(Node):
                     self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
                     self.get_logger().error(f"protection failed: {exc}")
 
-    def _retrieve(self, identity: np.ndarray) -> list[RetrieveLatents.Response | None]:
-        """One asynchronous service call per identity vector; None where it failed or timed out."""
-        if not self.client.wait_for_service(timeout_sec=self.cfg.ros.service_timeout_s):
+    def _link_sealer(self) -> ClientSealer | None:
+        """This robot's link key (``link.key_id``), loaded once it exists (provisioning needs no restart)."""
+        if self._sealer is None:
+            try:
+                self._sealer = client_sealer(self.cfg)
+            except ValueError as exc:   # KeyFileError included: missing, unreadable or revoked
+                self.status.set(DiagnosticStatus.ERROR, "no link key: nothing can be protected", link_key=False)
+                self.get_logger().error(f"trusted store link: {exc}", throttle_duration_sec=10.0)
+                return None
+            self.status.set(self.status.level, self.status.message, link_key=True)
+        return self._sealer
+
+    def _retrieve(self, identity: np.ndarray) -> list[SimpleNamespace | None]:
+        """One sealed, authenticated RetrieveLatents call per identity vector (concurrently); None where it failed."""
+        sealer = self._link_sealer()
+        if sealer is None or not self.client.wait_for_service(timeout_sec=self.cfg.ros.service_timeout_s):
             return [None] * len(identity)
-        events, futures = [], []
-        for f in identity:
-            req = RetrieveLatents.Request(identity=f32_array(f), m=self.cfg.protector.m, exclude_id=-1,
-                                          exclude_label="", generator=self.sources.get("generator", ""),
-                                          reid=self.sources.get("reid", ""), client=self.get_fully_qualified_name())
-            ev = threading.Event()
-            fut = self.client.call_async(req)
-            fut.add_done_callback(lambda _f, ev=ev: ev.set())
-            events.append(ev)
-            futures.append(fut)
-        out: list[RetrieveLatents.Response | None] = []
-        deadline = now_ms() + self.cfg.ros.service_timeout_s * 1e3
-        for ev, fut in zip(events, futures):
-            if not ev.wait(max(0.0, (deadline - now_ms()) / 1e3)):
-                self.client.remove_pending_request(fut)
-                out.append(None)
-                continue
-            res = fut.result()
-            if res is None or not res.ok:
-                if res is not None:
-                    self.get_logger().warning(f"store refused: {res.message}", throttle_duration_sec=5.0)
-                out.append(None)
-            else:
-                out.append(res)
-        return out
+        meta = {"m": int(self.cfg.protector.m), "exclude_id": -1, "exclude_label": "",
+                "generator": self.sources.get("generator", ""), "reid": self.sources.get("reid", "")}
+        results: list[SimpleNamespace | None] = [None] * len(identity)
+
+        def one(i: int, f: np.ndarray) -> None:
+            reply = link_call(self, self.client, sealer, "retrieve", meta, {"identity": np.asarray(f, np.float32)},
+                              self.cfg.ros.service_timeout_s)
+            if not reply.ok:
+                self.get_logger().warning(f"store refused: {reply.message}", throttle_duration_sec=5.0)
+                if "revoked" in reply.message or "not authenticated" in reply.message:
+                    self._sealer = None   # re-read the key file: it may have been rotated
+                return
+            lat = reply.arrays["latents"]
+            results[i] = SimpleNamespace(latents=np.ascontiguousarray(lat, np.float32), shape=list(lat.shape),
+                                         scores=np.ascontiguousarray(reply.arrays["scores"], np.float32),
+                                         ids=reply.arrays["ids"], store_version=str(reply.meta.get("store_version")))
+
+        threads = [threading.Thread(target=one, args=(i, f), daemon=True) for i, f in enumerate(identity)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
 
     def process(self, msg: PersonCrops) -> None:
         """Protect every valid crop of one frame and publish the results."""
