@@ -9,11 +9,14 @@ the evaluation-only fields (identity label, stage timings). Anything else is dro
 
 from __future__ import annotations
 
+import array
 import math
+import struct
+import sys
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
-from rclpy.serialization import serialize_message
 
 from latent_rag_ros.egress_auth import EgressTagger, key_file, load_key
 from latent_rag_ros.msg import ProtectedCrop
@@ -21,13 +24,42 @@ from latent_rag_ros.nodes.common import NodeStatus, declare_config, qos_profile
 from latent_rag_ros.zones import EGRESS
 
 
+def _canonical(value: Any) -> bytes:
+    """Deterministic, length-prefixed bytes of a message value (recursively, every field in order)."""
+    if hasattr(value, "get_fields_and_field_types"):
+        return b"".join(_canonical(getattr(value, f)) for f in value.get_fields_and_field_types())
+    if isinstance(value, array.array):
+        raw = value.tobytes() if sys.byteorder == "little" else _swapped(value)
+    elif isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+    elif isinstance(value, bool):
+        raw = b"\x01" if value else b"\x00"
+    elif isinstance(value, int):
+        raw = struct.pack("<q", value)
+    elif isinstance(value, float):
+        raw = struct.pack("<d", value)
+    elif isinstance(value, (list, tuple)):
+        raw = struct.pack("<Q", len(value)) + b"".join(_canonical(v) for v in value)
+    else:
+        raise TypeError(f"cannot canonicalise {type(value).__name__}")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _swapped(values: array.array) -> bytes:
+    copy = array.array(values.typecode, values)
+    copy.byteswap()
+    return copy.tobytes()
+
+
 def protected_payload(msg: ProtectedCrop) -> bytes:
-    """The bytes the tag covers: the serialized message with an empty tag (every other field bound)."""
-    tag, msg.tag = msg.tag, []
-    try:
-        return serialize_message(msg)
-    finally:
-        msg.tag = tag
+    """The bytes the tag covers: every field except ``tag``, canonically encoded.
+
+    Not the CDR serialization: rmw leaves its alignment padding uninitialised, so the same message
+    serializes to different bytes in the protector and in egress (measured).
+    """
+    return b"".join(_canonical(getattr(msg, f)) for f in msg.get_fields_and_field_types() if f != "tag")
 
 
 def sign_protected(tagger: EgressTagger, msg: ProtectedCrop) -> None:
