@@ -78,7 +78,7 @@ class StoreConfig:
     backend: str = "auto"             # "auto", "faiss", "milvus"
     max_m: int = 64                   # no request may return more codes than this
     max_add: int = 1024               # entries per AddIdentities call
-    rate_limit_hz: float = 0.0        # RetrieveLatents requests per second per client name; 0 = off
+    rate_limit_hz: float = 0.0        # RetrieveLatents requests per second per robot key; 0 = off
     rate_limit_burst: float = 0.0     # requests a client may make at once (0: max(1, rate_limit_hz))
 
 
