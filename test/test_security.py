@@ -165,3 +165,19 @@ def test_payload_parser_is_strict() -> None:
             unpack(bad)
     with pytest.raises(ValueError, match="dtype"):
         pack({}, {"o": np.array(["x"], dtype=object)})
+
+
+def test_local_graph_provisions_a_key_pair_once_and_remote_store_gets_a_relay(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from latent_rag_ros.nodes.graph import graph_nodes, provision_local_keys
+
+    monkeypatch.setenv("ROS_HOME", str(tmp_path / "ros_home"))
+    made = provision_local_keys(None)
+    keys = tmp_path / "ros_home" / "latent_rag_keys"
+    assert sorted(Path(p).name for p in made) == ["admin.key", "robot.key"]
+    assert load_key(keys / "robot.key").role == "robot" and load_key(keys / "admin.key").role == "admin"
+    before = (keys / "robot.key").read_bytes()
+    assert provision_local_keys(None) == [] and (keys / "robot.key").read_bytes() == before   # never replaced
+    overrides: dict = {}
+    assert "relay_node" not in graph_nodes(True, overrides) and overrides == {}
+    assert "relay_node" in graph_nodes(False, overrides) and overrides["link.via_relay"] is True
