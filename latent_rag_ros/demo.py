@@ -92,7 +92,10 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(110, 200)))
     graph = Graph()
     overrides = {"store.path": str(store_dir), "protector.device": "cpu", "ros.service_timeout_s": 30.0,
-                 "detector.max_crops": 4, "link.keys_dir": str(out / "keys")}
+                 "detector.max_crops": 4, "link.keys_dir": str(out / "keys"),
+                 "ros.evaluation_mode": True}
+    _say("   evaluation mode ON: egress keeps identity labels and stage timings for the report "
+         "(a deployed robot strips them: ros.evaluation_mode false)")
     from latent_rag_ros.nodes.graph import provision_local_keys
 
     provision_local_keys(args.config or _default_cfg(), overrides)   # the demo's own robot + admin link keys
