@@ -109,7 +109,7 @@ def test_every_refusal(ring, tmp_path: Path) -> None:
     gate = Gate(keyring, max_skew_s=30.0, clock=clock)
     q = {"identity": np.ones(8, np.float32)}
 
-    def reason(req: SealedRequest, op: str = "retrieve", roles: tuple[str, ...] = ("robot",)) -> str:
+    def reason(req: SealedRequest, op: str = "retrieve", roles: tuple[str, ...] = ("robot",), gate: Gate = gate) -> str:
         with pytest.raises(RefusedError) as exc:
             gate.open(op, req, roles)
         return exc.value.reason
@@ -135,6 +135,13 @@ def test_every_refusal(ring, tmp_path: Path) -> None:
     assert reason(fresh) == "stale"
     assert gate.open("add", admin.seal("add", {"count": 1}, stamp_ns=clock.t), ("admin",)).key.role == "admin"
     assert gate.replay_cache_size() == 1    # only the last nonce: the expired ones were dropped
+    # a store restart (a new gate, empty replay cache) still refuses what was stamped before it started
+    accepted = robot.seal("retrieve", {"m": 1}, q, stamp_ns=clock.t)
+    gate.open("retrieve", accepted, ("robot",))
+    clock.t += 10**9
+    restarted = Gate(keyring, max_skew_s=30.0, clock=clock)
+    assert reason(accepted, gate=restarted) == "stale"
+    restarted.open("retrieve", robot.seal("retrieve", {"m": 1}, q, stamp_ns=clock.t), ("robot",))
 
 
 def test_key_ring_picks_up_revocation_and_new_keys(ring) -> None:

@@ -153,6 +153,9 @@ class Gate:
         self.keyring = keyring
         self.skew_ns = int(max_skew_s * 1e9)
         self._clock = clock
+        # the replay cache starts empty: nothing stamped before this gate existed is accepted, so a
+        # request captured before a store restart cannot be replayed after it
+        self.not_before = int(clock())
         self._seen: set[tuple[str, bytes]] = set()                      # (key id, nonce) recently used
         self._expiry: list[tuple[int, tuple[str, bytes]]] = []          # heap of (forget at, entry)
         self._lock = threading.Lock()
@@ -176,6 +179,8 @@ class Gate:
         now = self._clock()
         if abs(now - int(req.stamp_ns)) > self.skew_ns:
             raise RefusedError("stale", f"{req.key_id!r}: timestamp {(now - int(req.stamp_ns)) / 1e9:+.1f} s off")
+        if int(req.stamp_ns) < self.not_before:
+            raise RefusedError("stale", f"{req.key_id!r}: stamped before the store started")
         with self._lock:
             while self._expiry and self._expiry[0][0] < now:
                 self._seen.discard(heapq.heappop(self._expiry)[1])
