@@ -48,16 +48,21 @@ def _private_dir(folder: Path) -> None:
                              f"(is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); remove it and restart")
 
 
-def write_new_key(path: Path) -> Path:
-    """Write a fresh random key to ``path`` (0600, in a 0700 folder), replacing any old one."""
-    _private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".egress-")
+def _random_key_file(folder: Path) -> str:
+    """A new 0600 file of random key bytes in ``folder`` (a temporary name; the caller moves it)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".egress-")   # created 0600
     try:
         os.write(fd, secrets.token_bytes(KEY_BYTES))
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_new_key(path: Path) -> Path:
+    """Write a fresh random key to ``path`` (0600, in a 0700 folder), replacing any old one."""
+    _private_dir(path.parent)
+    os.replace(_random_key_file(path.parent), path)
     return path
 
 
@@ -74,15 +79,11 @@ def load_key(path: Path, create: bool = True) -> bytes:
     """Read the key at ``path``; create it first (atomically, once) when missing and ``create``."""
     if create and not path.exists():
         _private_dir(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".egress-")
+        tmp = _random_key_file(path.parent)
         try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
-            os.fsync(fd)
-            os.close(fd)
-            try:
-                os.link(tmp, path)   # atomic create-if-absent: protector and egress may race here
-            except FileExistsError:
-                pass
+            os.link(tmp, path)   # atomic create-if-absent: protector and egress may race here
+        except FileExistsError:
+            pass
         finally:
             os.unlink(tmp)
     try:
