@@ -60,7 +60,7 @@ def test_egress_forwards_only_tagged_crops(tmp_path: Path, evaluation_mode: bool
         diags = probe.collect(DiagnosticArray, "/diagnostics")
         pub = probe.node.create_publisher(ProtectedCrop, "/latent_rag/protected", reliable)
         wait_for(lambda: pub.get_subscription_count() > 0 and probe.node.count_publishers("/reid/protected") > 0,
-                 60, "egress subscription and publisher")
+                 120, "egress subscription and publisher")
         untagged = _crop("untagged")
         forged = _crop("forged")
         forged.tag = list(os.urandom(32))
@@ -74,7 +74,7 @@ def test_egress_forwards_only_tagged_crops(tmp_path: Path, evaluation_mode: bool
         for msg in (untagged, forged, other_key, tampered, genuine):
             pub.publish(msg)
         wait_for(lambda: len(out) >= 1 and int(_egress_status(diags).get("dropped_bad_tag", "0")) >= 4,
-                 30, "the genuine crop forwarded and four bad ones counted")
+                 120, "the genuine crop forwarded and four bad ones counted")
         status = _egress_status(diags)
         assert status["evaluation_mode"] == str(evaluation_mode)
         assert int(status["dropped_bad_tag"]) == 4 and int(status["frames_out"]) == 1
