@@ -97,7 +97,7 @@ def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> 
         assert int(prot["crops_out"]) >= 3 and "latency_ms.generate.mean" in prot
         assert status["store_node"]["store_loaded"] == "True" and int(status["detector_node"]["frames_in"]) > 0
     finally:
-        codes = graph.stop()
+        codes = graph.stop(timeout=60.0)   # a loaded 2-core machine needs more than the default 10 s
         probe.close()
     assert all(c == 0 for c in codes.values()), f"nodes did not stop cleanly: {codes}"
     raw_bytes = [bytes(c.image.data) for m in raw for c in m.crops]
@@ -142,7 +142,7 @@ def test_bag_replay_through_the_graph_and_eval(graph_setup, tmp_path, storage) -
                            wait_subscribed=(cfg.ros.crops_topic,))
         assert not graph.failed()
     finally:
-        codes = graph.stop()
+        codes = graph.stop(timeout=60.0)   # a loaded 2-core machine needs more than the default 10 s
     assert all(c == 0 for c in codes.values()), codes
     assert stats["frames_played"] == 6 and stats["protected_received"] >= 2
     msgs = read_protected(tmp_path / "protected")
