@@ -34,8 +34,7 @@ from latent_rag_ros.nodes.common import (
     qos_profile,
 )
 from latent_rag_ros.nodes.egress_node import sign_protected
-from latent_rag_ros.nodes.link import call as link_call
-from latent_rag_ros.nodes.link import client_sealer
+from latent_rag_ros.nodes.link import client_sealer, open_reply, to_request
 from latent_rag_ros.security import ClientSealer
 from latent_rag_ros.srv import RetrieveLatents
 
@@ -113,33 +112,40 @@ class ProtectorNode(Node):
         return self._sealer
 
     def _retrieve(self, identity: np.ndarray) -> list[SimpleNamespace | None]:
-        """One sealed, authenticated RetrieveLatents call per identity vector (concurrently); None where it failed."""
+        """One sealed, authenticated RetrieveLatents call per identity vector, all in flight; None where it failed."""
         sealer = self._link_sealer()
         if sealer is None or not self.client.wait_for_service(timeout_sec=self.cfg.ros.service_timeout_s):
             return [None] * len(identity)
         meta = {"m": int(self.cfg.protector.m), "exclude_id": -1, "exclude_label": "",
                 "generator": self.sources.get("generator", ""), "reid": self.sources.get("reid", "")}
-        results: list[SimpleNamespace | None] = [None] * len(identity)
-
-        def one(i: int, f: np.ndarray) -> None:
-            reply = link_call(self, self.client, sealer, "retrieve", meta, {"identity": np.asarray(f, np.float32)},
-                              self.cfg.ros.service_timeout_s)
-            if not reply.ok:
-                self.get_logger().warning(f"store refused: {reply.message}", throttle_duration_sec=5.0)
-                if "revoked" in reply.message or "not authenticated" in reply.message:
-                    self._sealer = None   # re-read the key file: it may have been rotated
-                return
+        pending = []
+        for f in identity:
+            env = sealer.seal("retrieve", meta, {"identity": np.asarray(f, np.float32)})
+            ev = threading.Event()
+            fut = self.client.call_async(to_request("retrieve", env))
+            fut.add_done_callback(lambda _f, ev=ev: ev.set())
+            pending.append((env, fut, ev))
+        out: list[SimpleNamespace | None] = []
+        deadline = now_ms() + self.cfg.ros.service_timeout_s * 1e3
+        for env, fut, ev in pending:
+            if not ev.wait(max(0.0, (deadline - now_ms()) / 1e3)):
+                self.client.remove_pending_request(fut)
+                out.append(None)
+                continue
+            res = fut.result()
+            reply = open_reply(sealer, "retrieve", env, res) if res is not None else None
+            if reply is None or not reply.ok:
+                message = reply.message if reply is not None else "no reply"
+                self.get_logger().warning(f"store refused: {message}", throttle_duration_sec=5.0)
+                if "not authenticated" in message:
+                    self._sealer = None   # re-read the key file next time: it may have been rotated
+                out.append(None)
+                continue
             lat = reply.arrays["latents"]
-            results[i] = SimpleNamespace(latents=np.ascontiguousarray(lat, np.float32), shape=list(lat.shape),
-                                         scores=np.ascontiguousarray(reply.arrays["scores"], np.float32),
-                                         ids=reply.arrays["ids"], store_version=str(reply.meta.get("store_version")))
-
-        threads = [threading.Thread(target=one, args=(i, f), daemon=True) for i, f in enumerate(identity)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return results
+            out.append(SimpleNamespace(latents=np.ascontiguousarray(lat, np.float32), shape=list(lat.shape),
+                                       scores=np.ascontiguousarray(reply.arrays["scores"], np.float32),
+                                       ids=reply.arrays["ids"], store_version=str(reply.meta.get("store_version"))))
+        return out
 
     def process(self, msg: PersonCrops) -> None:
         """Protect every valid crop of one frame and publish the results."""
