@@ -37,6 +37,8 @@ def generate_launch_description() -> LaunchDescription:
     # A fresh egress key for this launch: protector tags, egress verifies (0600 file, 0700 folder).
     egress_key = str(new_run_key({}))
     config = LaunchConfiguration("config_file")
+    # a node that dies (e.g. a native crash) is restarted; nothing is published while it is down
+    respawn = {"respawn": LaunchConfiguration("respawn"), "respawn_delay": 2.0, "respawn_max_retries": 5}
     camera = LaunchConfiguration("camera_topic")
     with_store = LaunchConfiguration("with_store")
     security = IfCondition(LaunchConfiguration("security"))
@@ -51,6 +53,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="Fast DDS XML profile of the network-facing nodes (egress, store, relay)"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
         SetEnvironmentVariable(KEY_ENV, egress_key),
+        DeclareLaunchArgument("respawn", default_value="true",
+                              description="restart a node that exits (2 s delay, at most 5 times)"),
         DeclareLaunchArgument("config_file", default_value=default_config,
                               description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
@@ -68,20 +72,20 @@ def generate_launch_description() -> LaunchDescription:
         SetEnvironmentVariable("ROS_SECURITY_STRATEGY", "Enforce", condition=security),
         SetEnvironmentVariable("ROS_SECURITY_KEYSTORE", LaunchConfiguration("keystore"), condition=security),
         Node(package=LaunchConfiguration("camera_package"), executable=LaunchConfiguration("camera_executable"),
-             name="camera_driver", output="screen", additional_env=internal_env,
+             name="camera_driver", output="screen", additional_env=internal_env, **respawn,
              ros_arguments=enclave("camera_driver"),
              condition=IfCondition(LaunchConfiguration("camera_package"))),
-        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen",
+        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen", **respawn,
              parameters=[config, {"config_file": config}], ros_arguments=enclave("store_node"),
              condition=IfCondition(with_store)),
-        Node(package="latent_rag_ros", executable="relay_node", name="relay_node", output="screen",
+        Node(package="latent_rag_ros", executable="relay_node", name="relay_node", output="screen", **respawn,
              parameters=[config, {"config_file": config}], ros_arguments=enclave("relay_node"),
              condition=UnlessCondition(with_store)),
-        Node(package="latent_rag_ros", executable="detector_node", name="detector_node", output="screen",
+        Node(package="latent_rag_ros", executable="detector_node", name="detector_node", output="screen", **respawn,
              parameters=params, additional_env=internal_env, ros_arguments=enclave("detector_node")),
-        Node(package="latent_rag_ros", executable="protector_node", name="protector_node", output="screen",
+        Node(package="latent_rag_ros", executable="protector_node", name="protector_node", output="screen", **respawn,
              parameters=[*params, {"link.via_relay": via_relay}], additional_env=internal_env,
              ros_arguments=enclave("protector_node")),
-        Node(package="latent_rag_ros", executable="egress_node", name="egress_node", output="screen",
+        Node(package="latent_rag_ros", executable="egress_node", name="egress_node", output="screen", **respawn,
              parameters=params, ros_arguments=enclave("egress_node")),
     ])

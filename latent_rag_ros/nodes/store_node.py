@@ -43,6 +43,7 @@ PUBLIC_REASONS = {
     "malformed": "malformed request",
 }
 _UNAUTHENTICATED = ("protocol", "unknown_key", "bad_tag", "stale", "replay")
+MAX_LABEL_CHARS = 256   # longest identity label an add may store
 
 
 class StoreNode(Node):
@@ -107,7 +108,7 @@ class StoreNode(Node):
             return self.gate.open(operation, envelope, roles)
         except RefusedError as exc:
             self.status.count("refused")
-            self.status.count(f"refused_{exc.reason}")
+            self.status.reject(f"refused_{exc.reason}", f"{operation} refused")   # the reason code only
             if exc.reason == "protocol":
                 res.message = (f"protocol version {req.protocol} not supported: this store speaks link protocol "
                                f"{PROTOCOL_VERSION}; update the client (latent_rag_ros)")
@@ -129,9 +130,21 @@ class StoreNode(Node):
         return res
 
     def _fail(self, res: Any, opened: Opened, action: str, message: str, counter: str = "errors") -> Any:
-        self.status.count(counter)
+        """An authenticated request that cannot be served: the reason sealed for the requester, counted, logged."""
+        self.status.reject(counter, f"{action} failed")
+        self.get_logger().warning(f"{action} from {opened.key.key_id!r} failed: {message}", throttle_duration_sec=5.0)
         self._outcome(action, opened.key.key_id, [], False, message)
         return self._reply(res, opened, False, {"message": message})
+
+    def _internal_error(self, res: Any, action: str, exc: Exception) -> Any:
+        """Any unexpected failure: a bare ok=false (nothing sealed, nothing stored), the node keeps serving."""
+        res.protocol = PROTOCOL_VERSION
+        res.ok = False
+        res.message = "internal error (see the store's log)"
+        self.status.reject("errors", f"{action}: internal error")
+        self.get_logger().error(f"{action}: internal error: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+        self._outcome(action, "", [], False, "internal error")
+        return res
 
     def _outcome(self, action: str, key_id: str, ids: list[int], ok: bool, reason: str) -> None:
         """The single place where every retrieve/add/remove outcome is known with the authenticated key id.
@@ -143,6 +156,27 @@ class StoreNode(Node):
 
     # ------------------------------------------------------------------ services
     def on_retrieve(self, req: RetrieveLatents.Request, res: RetrieveLatents.Response) -> RetrieveLatents.Response:
+        """Answer one retrieval; any unexpected failure becomes a bare ok=false (the service never dies)."""
+        try:
+            return self._retrieve(req, res)
+        except Exception as exc:  # noqa: BLE001 - fail safe: a reply without codes, the node keeps serving
+            return self._internal_error(RetrieveLatents.Response(), "retrieve", exc)
+
+    def on_add(self, req: AddIdentities.Request, res: AddIdentities.Response) -> AddIdentities.Response:
+        """Answer one add; any unexpected failure becomes a bare ok=false (nothing acknowledged)."""
+        try:
+            return self._add(req, res)
+        except Exception as exc:  # noqa: BLE001 - fail safe: not acknowledged, the node keeps serving
+            return self._internal_error(AddIdentities.Response(), "add", exc)
+
+    def on_remove(self, req: RemoveIdentities.Request, res: RemoveIdentities.Response) -> RemoveIdentities.Response:
+        """Answer one removal; any unexpected failure becomes a bare ok=false (nothing acknowledged)."""
+        try:
+            return self._remove(req, res)
+        except Exception as exc:  # noqa: BLE001 - fail safe: not acknowledged, the node keeps serving
+            return self._internal_error(RemoveIdentities.Response(), "remove", exc)
+
+    def _retrieve(self, req: RetrieveLatents.Request, res: RetrieveLatents.Response) -> RetrieveLatents.Response:
         """Eq. 1-2 for one identity vector (robot keys only), the query's own entry (or label) excluded."""
         t0 = now_ms()
         self.status.count("requests")
@@ -184,7 +218,7 @@ class StoreNode(Node):
         self.status.latency("retrieve", now_ms() - t0)
         return res
 
-    def on_add(self, req: AddIdentities.Request, res: AddIdentities.Response) -> AddIdentities.Response:
+    def _add(self, req: AddIdentities.Request, res: AddIdentities.Response) -> AddIdentities.Response:
         """Append identities durably (administrator keys only); the reply comes once the store acknowledged them."""
         self.status.count("add_requests")
         opened = self._authenticate("add", req, res, ("admin",))
@@ -209,8 +243,13 @@ class StoreNode(Node):
             labels = [str(x) for x in meta.get("labels") or []] or None
             if labels is not None and len(labels) != n:
                 raise ValueError(f"labels: expected {n}, got {len(labels)}")
+            if labels is not None and max(len(x) for x in labels) > MAX_LABEL_CHARS:
+                raise ValueError(f"labels: at most {MAX_LABEL_CHARS} characters each")
             with self._lock:
                 ids = store.add(vec.reshape(n, store.dim), lat.reshape(n, store.num_ws, store.w_dim), labels)
+        except OSError as exc:   # e.g. a full disk: the store rolled the add back, reads go on
+            return self._fail(res, opened, "add", f"store {self.cfg.store.path!r} cannot write: {exc.strerror or exc}; "
+                              "nothing of this request was stored (free disk space, then retry)")
         except (ValueError, RuntimeError, TypeError) as exc:
             return self._fail(res, opened, "add", str(exc))
         ids = [int(i) for i in ids]
@@ -220,7 +259,7 @@ class StoreNode(Node):
         self.status.set(DiagnosticStatus.OK, "serving", size=len(store), version=store.version)
         return res
 
-    def on_remove(self, req: RemoveIdentities.Request, res: RemoveIdentities.Response) -> RemoveIdentities.Response:
+    def _remove(self, req: RemoveIdentities.Request, res: RemoveIdentities.Response) -> RemoveIdentities.Response:
         """Erase entries by id and/or by identity label (administrator keys only); durable before the reply."""
         self.status.count("remove_requests")
         opened = self._authenticate("remove", req, res, ("admin",))
@@ -243,6 +282,9 @@ class StoreNode(Node):
                 removed = sorted(ids)
                 if removed:
                     store.remove(np.asarray(removed, np.int64))
+        except OSError as exc:
+            return self._fail(res, opened, "remove", f"store {self.cfg.store.path!r} cannot write: "
+                              f"{exc.strerror or exc}; nothing was removed (free disk space, then retry)")
         except (ValueError, RuntimeError, TypeError) as exc:
             return self._fail(res, opened, "remove", str(exc))
         self._reply(res, opened, True, {"store_version": store.version, "size": len(store)},
