@@ -222,8 +222,13 @@ def egress(ros: Path):
 @given(protected_crops())
 @SETTINGS
 def test_fuzz_egress_forwards_only_complete_protected_crops(egress, msg: ProtectedCrop) -> None:
+    from latent_rag_ros.nodes.egress_node import sign_protected
+
     node, sent = egress
     n = len(sent)
+    node.on_protected(msg)                      # untagged: never forwarded, whatever it holds
+    assert len(sent) == n and node.status.flags["last_rejection"].startswith("dropped_bad_tag: ")
+    sign_protected(node.tagger, msg)            # tagged as the protector does: the content checks decide
     node.on_protected(msg)
     event("forwarded" if len(sent) > n else "dropped")
     if len(sent) > n:
@@ -234,7 +239,7 @@ def test_fuzz_egress_forwards_only_complete_protected_crops(egress, msg: Protect
     else:
         assert node.status.flags["last_rejection"].startswith("dropped_invalid: ")
     c = node.status.counters
-    assert c["frames_in"] == c["frames_out"] + c["dropped_invalid"]
+    assert c["frames_in"] == c["frames_out"] + c["dropped_invalid"] + c["dropped_bad_tag"]
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ class EgressNode(Node):
         """Forward a well-formed protected crop with a valid tag; drop and count anything else."""
         self.status.count("frames_in")
         if not self.tagger.verify(protected_payload(msg), bytes(msg.tag)):
-            self.status.count("dropped_bad_tag")
+            self.status.reject("dropped_bad_tag", "missing or invalid integrity tag")
             self.get_logger().warning("not forwarded: missing or invalid integrity tag (not from this "
                                       "robot's protector)", throttle_duration_sec=5.0)
             return
