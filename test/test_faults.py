@@ -263,7 +263,7 @@ def test_latent_rag_run_respawns_a_killed_node_then_gives_up(tmp_path: Path) -> 
     """`latent-rag run`'s loop (run_graph) with only egress_node, so no models load: SIGKILL it, it comes
     back; kill it past respawn_max_retries and the graph stops with exit code 1."""
     cfg = write_params(tmp_path / "p.yaml", {"ros": {"status_period_s": 0.3}})
-    code = ("import sys, latent_rag_ros.nodes.graph as g; g.ROBOT_NODES = ('egress_node',); "
+    code = ("import sys, latent_rag_ros.nodes.graph as g; g.graph_nodes = lambda *_: ('egress_node',); "
             "raise SystemExit(g.run_graph(sys.argv[1], False, None, g.Respawn(max_retries=2, delay=0.2)))")
     log = tmp_path / "run.log"
     with open(log, "w") as out:
