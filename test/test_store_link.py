@@ -172,6 +172,7 @@ def test_admin_adds_robot_key_cannot_and_refusals_are_counted(link_graph) -> Non
     status = _store_status(link_graph["diags"])
     assert int(status["refused"]) >= 2 and status["keys_admin"] == "1"
     assert not any("p4" in v or "a1" in v for v in status.values())           # no labels in /diagnostics
+    assert "size" not in status                                                # nor the store size
 
 
 def test_revoked_and_added_keys_take_effect_without_restart(link_graph) -> None:

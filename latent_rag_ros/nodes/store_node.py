@@ -4,8 +4,10 @@ Trusted-link zone: its services cross the network (remote robots call them), so 
 by the link itself (latent_rag_ros/security): every request is authenticated with a provisioned key
 and its content is AES-GCM sealed; the reply is sealed for the same key. Retrieval needs a robot
 key, adds and removals an administrator key. An unauthenticated, stale or replayed request gets
-ok=false and nothing else; refusals are counted in /diagnostics. Keys are re-read from the keys
-directory whenever a file changes, so a revoked or added key takes effect without a restart.
+ok=false and nothing else; refusals are counted in /diagnostics (which carries counters, key
+counts per role and the store version, not its size: it is readable on the network). Keys are
+re-read from the keys directory whenever a file changes, so a revoked or added key takes effect
+without a restart.
 
 Requests are taken concurrently (reentrant callback group on a multi-threaded executor), and the
 store itself is used under one lock (a retrieval holds it for about 1 ms at 1M entries, see
@@ -86,8 +88,8 @@ class StoreNode(Node):
             self.get_logger().error(self.open_error)
             self.status.set(DiagnosticStatus.ERROR, self.open_error, store_loaded=False)
             return
-        self.status.set(DiagnosticStatus.OK, "serving", store_loaded=True, size=len(self.store),
-                        version=self.store.version)
+        # no size in the status: /diagnostics of this trusted-link node is readable on the network
+        self.status.set(DiagnosticStatus.OK, "serving", store_loaded=True, version=self.store.version)
 
     def _key_status(self) -> None:
         """Key counts per role (never ids or secrets) in the status; unreadable key files logged once each."""
@@ -256,7 +258,7 @@ class StoreNode(Node):
         self._reply(res, opened, True, {"store_version": store.version, "size": len(store)},
                     {"ids": np.asarray(ids, np.int64)})
         self._outcome("add", opened.key.key_id, ids, True, "")
-        self.status.set(DiagnosticStatus.OK, "serving", size=len(store), version=store.version)
+        self.status.set(DiagnosticStatus.OK, "serving", version=store.version)
         return res
 
     def _remove(self, req: RemoveIdentities.Request, res: RemoveIdentities.Response) -> RemoveIdentities.Response:
@@ -290,7 +292,7 @@ class StoreNode(Node):
         self._reply(res, opened, True, {"store_version": store.version, "size": len(store)},
                     {"ids": np.asarray(removed, np.int64)})
         self._outcome("remove", opened.key.key_id, removed, True, "")
-        self.status.set(DiagnosticStatus.OK, "serving", size=len(store), version=store.version)
+        self.status.set(DiagnosticStatus.OK, "serving", version=store.version)
         return res
 
     def destroy_node(self) -> None:
