@@ -167,7 +167,9 @@ def test_payload_parser_is_strict() -> None:
     blob = pack({"a": 1}, {"x": np.arange(3, dtype=np.int64)})
     meta, arrays = unpack(blob)
     assert meta == {"a": 1} and arrays["x"].tolist() == [0, 1, 2]
-    for bad in (b"", blob[:-1], blob + b"\0", b"\xff\xff\xff\xff" + blob[4:]):
+    head = json.dumps({"meta": {}, "arrays": [["x", "int64", [2**62, 2**62]]]}).encode()
+    huge = len(head).to_bytes(4, "little") + head + bytes(8)                 # int64 overflow of the size
+    for bad in (b"", blob[:-1], blob + b"\0", b"\xff\xff\xff\xff" + blob[4:], huge):
         with pytest.raises(ValueError):
             unpack(bad)
     with pytest.raises(ValueError, match="dtype"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import secrets
 import struct
 import threading
@@ -73,7 +74,7 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if dt not in _DTYPES or not isinstance(shape, list) or any(not isinstance(s, int) or s < 0 for s in shape):
             raise ValueError(f"payload array {name!r}: bad spec")
         dtype = np.dtype(_DTYPES[dt])
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = math.prod(shape) * dtype.itemsize   # Python ints: no overflow on hostile shapes
         if pos + size > len(data):
             raise ValueError(f"payload array {name!r}: truncated")
         arrays[str(name)] = np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=pos).reshape(shape)
