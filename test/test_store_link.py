@@ -196,6 +196,7 @@ def test_protector_without_key_publishes_nothing_then_retrieves_through_the_rela
     provisioned it picks it up without a restart, and its requests reach the store via the relay.
     """
     import torch
+    from sensor_msgs.msg import RegionOfInterest
 
     from latent_rag_ros.config import load_config
     from latent_rag_ros.models.factory import build_detector, build_models, store_identity
@@ -225,7 +226,9 @@ def test_protector_without_key_publishes_nothing_then_retrieves_through_the_rela
     for frame in vtest_frames([100, 200]):
         people += crop_people(build_detector(cfg), frame, cfg.detector)[:1]
     assert people, "HOG found nobody in vtest frames 100/200"
-    batch = PersonCrops(crops=[PersonCrop(image=bgr_to_image(p.crop), track_id=i) for i, p in enumerate(people)])
+    batch = PersonCrops(crops=[PersonCrop(image=bgr_to_image(p.crop), track_id=i, box=RegionOfInterest(
+        x_offset=p.box[0], y_offset=p.box[1], width=p.box[2] - p.box[0], height=p.box[3] - p.box[1]))
+        for i, p in enumerate(people)])
     graph = Graph()
     graph.start(["store_node", "relay_node", "protector_node"], str(cfg_file))
     probe = Probe("protector_link_probe")
