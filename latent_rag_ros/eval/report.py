@@ -143,6 +143,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{_num(u.get('different_people_cosine_mean'), 3)} | {own} |")
     if not backbones:
         lines.append("| (no labels: Rank-1/mAP not available) | | | | | | |")
+    fp = report.get("utility_float_path")
+    if fp:
+        lines += ["", "All rows above embed the published image (uint8 at crop size, PNG round trip) "
+                  "with one function. "
+                  f"For reference only, Latent-RAG's float path (the protector's own {fp.get('backbone')} embedding "
+                  "of its float output, what L_id optimised): embedding cosine "
+                  f"{_num(fp.get('embedding_cosine_mean'), 3)}, "
+                  f"Rank-1 {_num(fp.get('rank1'), 1, 100)}, mAP {_num(fp.get('mAP'), 1, 100)}, "
+                  f"own match {_num(fp.get('own_match_rate'), 1, 100)}."]
     rec = report.get("recovery") or {}
     lines += ["", f"## Table III: recovery attack ({rec.get('model')}, {rec.get('steps')} steps; "
               "recovered vs original; lower is stronger)", "",

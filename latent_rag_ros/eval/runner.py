@@ -34,7 +34,8 @@ from latent_rag_ros.eval.recovery import RecoveryConfig, identity_result, recove
 from latent_rag_ros.eval.report import file_record, write_json, write_markdown
 from latent_rag_ros.eval.sources import EvalData, load_eval_data
 
-__all__ = ["EvalData", "embed_crops", "load_eval_data", "parse_reid_list", "parse_sweeps", "run_eval"]
+__all__ = ["EvalData", "embed_crops", "embed_published", "load_eval_data", "parse_reid_list", "parse_sweeps",
+           "published", "run_eval"]
 
 SWEEP_KEYS = {"m": "protector.m", "T": "protector.steps"}
 
@@ -62,6 +63,31 @@ def embed_crops(reid: torch.nn.Module, crops: Sequence[np.ndarray], batch_size: 
     return np.concatenate(feats) if feats else np.zeros((0, int(getattr(reid, "dim", 0))), np.float32)
 
 
+def published(crops: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The images as the remote server decodes them: uint8 at crop size, through a lossless PNG round trip.
+
+    Every method (Latent-RAG from the graph's ``rgb8`` ProtectedCrop or the offline Protector, and
+    the baselines) is measured on this, so no method is judged on a private float path.
+    """
+    import cv2
+
+    out = []
+    for i, img in enumerate(crops):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3:
+            raise ValueError(f"published image {i}: expected uint8 HxWx3, got {getattr(img, 'shape', type(img))}")
+        ok, buf = cv2.imencode(".png", img)
+        if not ok:
+            raise ValueError(f"published image {i}: PNG encoding failed")
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR))
+    return out
+
+
+def embed_published(reid: torch.nn.Module, images: Sequence[np.ndarray], progress: bool = False,
+                    desc: str = "embed") -> np.ndarray:
+    """The one embedding function of the evaluation: :func:`embed_crops` of the :func:`published` images."""
+    return embed_crops(reid, published(images), progress=progress, desc=desc)
+
+
 def parse_reid_list(text: str | Sequence[str] | None) -> list[tuple[str, str | None]]:
     """``"deepsort_mobilenetv2,bagtricks:PATH"`` -> ``[("deepsort_mobilenetv2", None), ("bagtricks", "PATH")]``."""
     if not text:
@@ -86,10 +112,11 @@ class _Backbone:
         self.original: np.ndarray | None = None
 
 
-def _utility(bb: _Backbone, data: EvalData, protected: Sequence[np.ndarray], progress: bool,
+def _utility(bb: _Backbone, data: EvalData, protected: Sequence[np.ndarray] | None, progress: bool,
              embeddings: np.ndarray | None = None) -> dict[str, Any]:
-    feats = embeddings if embeddings is not None else embed_crops(bb.net, protected, progress=progress,
-                                                                 desc=f"embed {bb.name}")
+    """Re-ID utility of protected queries; ``embeddings`` only for the labelled float-path figures."""
+    feats = embeddings if embeddings is not None else embed_published(bb.net, protected or [], progress=progress,
+                                                                      desc=f"embed {bb.name}")
     assert bb.original is not None
     cos = embedding_cosine(feats, bb.original)
     out: dict[str, Any] = {"embedding_cosine_mean": float(cos.mean()), "rank1": None, "rank5": None,
@@ -136,7 +163,7 @@ def _protect_all(protector: Any, crops: Sequence[np.ndarray], store: Any, progre
 
 
 def _privacy(protected: Sequence[np.ndarray], original: Sequence[np.ndarray]) -> dict[str, Any]:
-    sim = image_similarity(protected, original)
+    sim = image_similarity(published(protected), original)
     return {k: sim[k] for k in ("ssim_mean", "psnr_mean", "psnr_mean_finite", "count")}
 
 
@@ -259,9 +286,9 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
                                    net, _reid_source(kind, path)))
     t = time.perf_counter()
     for bb in backbones:
-        bb.original = embed_crops(bb.net, data.query, progress=progress, desc=f"queries {bb.name}")
+        bb.original = embed_published(bb.net, data.query, progress=progress, desc=f"queries {bb.name}")
         if data.labelled:
-            bb.gallery = embed_crops(bb.net, data.gallery, progress=progress, desc=f"gallery {bb.name}")
+            bb.gallery = embed_published(bb.net, data.gallery, progress=progress, desc=f"gallery {bb.name}")
     wall["embed_raw"] = time.perf_counter() - t
 
     # --- Latent-RAG protection of the queries (offline Protector, or the graph's bag) -------------
@@ -324,17 +351,20 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     for name, prot in protected_sets.items():
         say(f"metrics: {name}")
         res: dict[str, Any] = {"privacy": _privacy(prot, data.query)}
-        per_bb = {}
-        for i, bb in enumerate(backbones):
-            emb = lr_embeddings if (name == "latent_rag" and i == 0 and lr_embeddings is not None) else None
-            per_bb[bb.name] = _utility(bb, data, prot, progress, emb)
+        per_bb = {bb.name: _utility(bb, data, prot, progress) for bb in backbones}
         res["utility"] = {**per_bb[backbones[0].name], "backbone": backbones[0].name, "backbones": per_bb}
+        if name == "latent_rag" and lr_embeddings is not None:
+            # beside, labelled: the protector's own embedding of its float output (what L_id optimised)
+            res["utility_float_path"] = {**_utility(backbones[0], data, None, progress, lr_embeddings),
+                                         "backbone": backbones[0].name,
+                                         "note": "protector's float-path embedding, not the published image"}
         t = time.perf_counter()
         if name == "none":
             rec = identity_result(data.query, rcfg)
         elif rcfg.steps > 0 and attack_sets[name]:
             say(f"recovery attack on {name}: {rcfg.model}, {rcfg.steps} steps, {len(attack_sets[name])} pairs")
-            rec = recovery_attack(attack_sets[name], data.attack, prot, data.query, rcfg, progress)
+            rec = recovery_attack(published(attack_sets[name]), data.attack, published(prot), data.query, rcfg,
+                                  progress)
         else:
             rec = None
         wall[f"recovery_{name}"] = time.perf_counter() - t
@@ -356,10 +386,10 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
             say(f"sweep {key}={v}")
             cfg_v = _sweep_cfg(cfg, cfg_path, overrides, dotted, v)
             prot_v = Protector(models.generator, models.reid, cfg_v.protector, device)
-            imgs, embs, _ = _protect_all(prot_v, data.query, store, progress, desc=f"sweep {key}={v}",
+            imgs, _, _ = _protect_all(prot_v, data.query, store, progress, desc=f"sweep {key}={v}",
                                          labels=data.q_pids)
             priv = _privacy(imgs, data.query)
-            util = _utility(backbones[0], data, imgs, progress, embs)
+            util = _utility(backbones[0], data, imgs, progress)
             rows.append({"value": v, "key": dotted, "ssim_mean": priv["ssim_mean"], "psnr_mean": priv["psnr_mean"],
                          "rank1": util["rank1"], "mAP": util["mAP"],
                          "embedding_cosine_mean": util["embedding_cosine_mean"]})
@@ -376,6 +406,8 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         "privacy": lr["privacy"],
         "utility": lr["utility"],
         "recovery": lr["recovery"],
+        "utility_float_path": lr.get("utility_float_path"),
+        "measurement": "every method and backbone: embed_published (uint8 crop-size image, PNG round trip)",
         "baselines": methods,
         "timings_ms": {"total": timings, "per_crop": {k: v / n_q for k, v in timings.items()} if timings else {},
                        "eval_wall_s": wall},
