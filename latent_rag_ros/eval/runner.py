@@ -270,11 +270,13 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     detector = getattr(models, "detector", None)
     from latent_rag_ros.datasets import source_kind
 
-    if detector is None and protected_bag is None and source_kind(source) in ("video", "bag"):
-        detector = build_detector(cfg)
-    data = load_eval_data(source, max_queries, max_gallery, max_attack, protected_bag, detector, cfg.protector.seed)
+    if detector is None and source_kind(source) in ("video", "bag"):
+        detector = build_detector(cfg)   # unlabelled videos and bags get identities from tracks
+    data = load_eval_data(source, max_queries, max_gallery, max_attack, protected_bag, detector, cfg.protector.seed,
+                          det_cfg=cfg.detector, sheet=out / "tracks.png")
     wall["load"] = time.perf_counter() - t
-    say(f"{data.kind}: {len(data.query)} queries, {len(data.gallery)} gallery, {len(data.attack)} attacker crops")
+    say(f"{data.kind}: {len(data.query)} queries, {len(data.gallery)} gallery, {len(data.attack)} attacker crops"
+        + (f" ({'; '.join(data.notes)})" if data.notes else ""))
 
     primary_name = getattr(models.reid, "name", cfg.models.reid)
     backbones = [_Backbone(primary_name, models.reid, _reid_source(cfg.models.reid, cfg.models.reid_path or None))]
@@ -333,6 +335,10 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         wall["protect_queries"] = time.perf_counter() - t
         attack_protected = []
         if rcfg.steps > 0 and data.attack:
+            per_crop = wall["protect_queries"] / max(1, len(data.query))
+            say(f"plan: protect {len(data.attack)} attacker crops (about {per_crop * len(data.attack):.0f} s at the "
+                f"{per_crop:.2f} s/crop just measured), then train {len(baselines)} recovery attackers "
+                f"({rcfg.model}, {rcfg.steps} steps, batch {rcfg.batch_size}, {rcfg.height}x{rcfg.width})")
             t = time.perf_counter()
             say(f"protecting {len(data.attack)} attacker crops (black-box queries of the protection)")
             attack_protected, _, _ = _protect_all(protector, data.attack, store, progress, desc="attacker pairs")
@@ -402,7 +408,7 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         "source": {"path": str(source), "kind": data.kind,
                    "protected_bag": str(protected_bag) if protected_bag else None,
                    "n_query": n_q, "n_gallery": len(data.gallery), "n_attack_train": len(data.attack),
-                   "labelled": data.labelled, "notes": data.notes},
+                   "labelled": data.labelled, "notes": data.notes, "query_keys": data.query_keys},
         "privacy": lr["privacy"],
         "utility": lr["utility"],
         "recovery": lr["recovery"],
