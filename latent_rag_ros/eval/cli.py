@@ -63,7 +63,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       protected_bag=args.protected, progress=not args.quiet, overrides=overrides,
                       recovery_model=args.recovery_model, recovery=rcfg, max_gallery=args.max_gallery,
                       max_attack=args.attack_max, store_path=args.store or None,
-                      baseline_params=_baseline_params(args))
+                      baseline_params=_baseline_params(args),
+                      log=lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True))  # plan even if --quiet
     summary = {
         "report": f"{args.out}/report.md",
         "privacy.ssim_mean": report["privacy"]["ssim_mean"],
