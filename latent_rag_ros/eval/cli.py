@@ -64,6 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       recovery_model=args.recovery_model, recovery=rcfg, max_gallery=args.max_gallery,
                       max_attack=args.attack_max, store_path=args.store or None,
                       baseline_params=_baseline_params(args),
+                      ablation=args.ablation, ablation_queries=args.ablation_queries,
                       log=lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True))  # plan even if --quiet
     summary = {
         "report": f"{args.out}/report.md",
@@ -140,6 +141,10 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
                    help="Gaussian blur baseline at height 256 (default 21,7; scaled with each crop's height)")
     p.add_argument("--mosaic-block", type=int, default=0, metavar="N",
                    help="mosaic block size at height 256 (default 8; scaled with each crop's height)")
+    p.add_argument("--ablation", action="store_true",
+                   help="Table IV: w/o retrieval, w/o inverse attention, w/o L_id, w/o L_div (offline, needs a store)")
+    p.add_argument("--ablation-queries", type=int, default=None, metavar="N",
+                   help="run the ablations on the first N queries only (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 

@@ -246,12 +246,15 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
              recovery: RecoveryConfig | None = None, max_gallery: int | None = None, max_attack: int | None = 256,
              store_path: str | Path | None = None, baselines: Sequence[str] = BASELINES,
              baseline_params: dict[str, dict[str, Any]] | None = None,
-             grid_columns: int = 6, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             grid_columns: int = 6, log: Callable[[str], None] | None = None,
+             ablation: bool = False, ablation_queries: int | None = None, table_v: bool = True) -> dict[str, Any]:
     """Run the whole evaluation and write ``report.json``, ``report.md``, ``grid.png`` and sweep plots.
 
     ``cfg``: a Config, or a config file path / None (then ``overrides`` apply). ``reid_names``: extra
     backbones ``kind[:path]`` judged on the same protected queries (Table II). ``sweeps``: e.g.
-    ``["m=1,5,10,20", "T=0,5,10,20"]``. Returns the report dict (floats, inf where infinite).
+    ``["m=1,5,10,20", "T=0,5,10,20"]``. ``ablation``: Table IV on the first ``ablation_queries``
+    queries (all when None); ``table_v``: parameters, FLOPs and time per stage on one crop.
+    Returns the report dict (floats, inf where infinite).
     """
     from latent_rag_ros.core.protector import Protector, resolve_device
     from latent_rag_ros.models.factory import build_detector, build_models, build_reid, store_identity
@@ -266,7 +269,7 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
 
     t = time.perf_counter()
     if models is None:
-        models = build_models(cfg, device, with_encoder=protected_bag is None)
+        models = build_models(cfg, device, with_encoder=protected_bag is None or ablation)
     detector = getattr(models, "detector", None)
     from latent_rag_ros.datasets import source_kind
 
@@ -401,6 +404,47 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
                          "embedding_cosine_mean": util["embedding_cosine_mean"]})
         sweep_rows[key] = rows
 
+    # --- Table IV (ablations) and Table V (costs per stage) ------------------------------------
+    extra_store = None
+    if (ablation or table_v) and store is None:
+        from latent_rag_ros.store import open_store
+
+        spath = Path(store_path or cfg.resolve_path(cfg.store.path))
+        if spath.exists():
+            extra_store = open_store(str(spath))
+    t_store = store if store is not None else extra_store
+    ablation_rows: list[dict[str, Any]] = []
+    if ablation:
+        if t_store is None:
+            raise ValueError("--ablation needs the trusted store: pass --store (or set store.path)")
+        from latent_rag_ros.eval.ablation import run_ablations
+
+        n_ab = len(data.query) if ablation_queries is None else min(ablation_queries, len(data.query))
+        sub = dataclasses.replace(data, query=data.query[:n_ab], q_pids=data.q_pids[:n_ab],
+                                  q_camids=data.q_camids[:n_ab], q_groups=data.q_groups[:n_ab])
+        bb0 = _Backbone(backbones[0].name, backbones[0].net, backbones[0].source)
+        bb0.gallery = backbones[0].gallery
+        bb0.original = None if backbones[0].original is None else backbones[0].original[:n_ab]
+
+        def measure(imgs: list[np.ndarray]) -> dict[str, Any]:
+            u = _utility(bb0, sub, imgs, False)
+            return {**_privacy(imgs, sub.query), **{k: u.get(k) for k in (
+                "embedding_cosine_mean", "own_match_rate", "own_match_chance", "rank1", "mAP")}}
+
+        t = time.perf_counter()
+        ablation_rows = run_ablations(models, cfg.protector, sub.query, t_store, device, measure, log=say)
+        wall["ablation"] = time.perf_counter() - t
+    cost_rows: list[dict[str, Any]] = []
+    if table_v and data.query:
+        from latent_rag_ros.eval.ablation import stage_costs
+
+        try:
+            cost_rows = stage_costs(models, cfg.protector, data.query[0], t_store, device)
+        except Exception as exc:  # noqa: BLE001 - Table V is informative; the report still gets written
+            say(f"Table V skipped: {exc}")
+    if extra_store is not None:
+        extra_store.close()
+
     # --- report -----------------------------------------------------------------------------------
     n_q = len(data.query)
     lr = methods.pop("latent_rag")
@@ -426,6 +470,8 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         "models": _model_records(cfg, models, backbones),
         "random_weights": list(getattr(models, "random_weights", []) or []),
         "sweeps": sweep_rows,
+        "ablation": ablation_rows,
+        "stage_costs": cost_rows,
         "baseline_params": {n: bparams.get(n, {}) for n in baselines},
         "json_conventions": "non-finite floats are strings 'inf'/'-inf'; NaN and unavailable values are null",
     }
