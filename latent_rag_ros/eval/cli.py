@@ -37,6 +37,19 @@ def _baseline_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation; a source it cannot evaluate gives one line on stderr and exit code 2."""
+    from latent_rag_ros.eval.bags import BagError
+    from latent_rag_ros.models.safe_load import ModelFileError
+    from latent_rag_ros.store.base import StoreError
+
+    try:
+        return _eval(args)
+    except (ValueError, OSError, BagError, ModelFileError, StoreError) as exc:  # DatasetError is a ValueError
+        print(f"latent-rag eval: {exc}", file=sys.stderr)
+        return 2
+
+
+def _eval(args: argparse.Namespace) -> int:
     """Run the evaluation and print where the report went plus its headline numbers."""
     from latent_rag_ros.config import default_config_path, load_config, parse_overrides
     from latent_rag_ros.eval.recovery import RecoveryConfig
