@@ -162,6 +162,8 @@ def _track_labels(frames: list[tuple[int, np.ndarray]], detector: Any, det_cfg: 
     n_ids = track_samples(samples, tcfg, segment=segment)
     if sheet is not None and n_ids:
         tracks = track([s.frame for s in samples], [s.box for s in samples], [s.image for s in samples], tcfg)
+        for t in tracks:
+            t.frames = [frames[p][0] for p in t.frames]   # the sheet shows frame indices, not positions
         contact_sheet(tracks, [s.image for s in samples], sheet)
     labels: dict[int, dict[str, Any]] = {}
     for s in samples:
