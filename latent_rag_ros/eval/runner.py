@@ -276,7 +276,8 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     if detector is None and source_kind(source) in ("video", "bag"):
         detector = build_detector(cfg)   # unlabelled videos and bags get identities from tracks
     data = load_eval_data(source, max_queries, max_gallery, max_attack, protected_bag, detector, cfg.protector.seed,
-                          det_cfg=cfg.detector, sheet=out / "tracks.png")
+                          det_cfg=cfg.detector, sheet=out / "tracks.png",
+                          store_fraction=0.0 if store_path is not None else 0.5)
     wall["load"] = time.perf_counter() - t
     say(f"{data.kind}: {len(data.query)} queries, {len(data.gallery)} gallery, {len(data.attack)} attacker crops"
         + (f" ({'; '.join(data.notes)})" if data.notes else ""))

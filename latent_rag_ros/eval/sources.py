@@ -305,11 +305,11 @@ def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries
     if len(frames) < 4:
         raise DatasetError(f"{path}: {len(frames)} frames; an unlabelled {kind} needs at least 4 "
                            "(half build the trusted store, half are evaluated)")
-    n_store = max(1, int(len(frames) * store_fraction))
+    n_store = max(1, int(len(frames) * store_fraction)) if store_fraction > 0 else 0
     rules = det_cfg or SimpleNamespace(min_score=0.0, min_height=48, max_crops=8, pad=0.05)
     store = [Sample(p.crop, f"{Path(path).name}#f{i:06d}_b{b}", None, None, i)
              for i, f in frames[:n_store] for b, p in enumerate(crop_people(detector, f, rules))]
-    if not store:
+    if not store and n_store:
         raise DatasetError(f"{path}: no person detected in the first {n_store} frames to build the trusted store")
     rest = frames[n_store:]
     labels, n_ids = _track_labels(rest, detector, det_cfg, sheet)
@@ -319,7 +319,8 @@ def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries
         for b, (box, pid) in enumerate(zip(lab["boxes"], lab["pids"], strict=True)):
             samples.append(Sample(crop(by_frame[i], box), f"{Path(path).name}#f{i:06d}_b{b}", pid,
                                   lab["camid"], i, tuple(box)))
-    notes = [f"no labels: the first {n_store} of {len(frames)} frames built the trusted store ({len(store)} crops); "
+    notes = [(f"no labels: the first {n_store} of {len(frames)} frames built the trusted store ({len(store)} crops); "
+              if n_store else f"no labels; the given store is used; {len(frames)} frames: ") +
              f"identities of the other {len(rest)} from tracks (IoU + colour histogram): {n_ids} people; thirds "
              "of that time act as cameras; a person who leaves and re-enters counts twice"]
     groups: dict[tuple[str, int], list[Any]] = {}
@@ -348,11 +349,12 @@ def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries
 def load_eval_data(source: str | Path, max_queries: int | None = None, max_gallery: int | None = None,
                    max_attack: int | None = 256, protected_bag: str | Path | None = None,
                    detector: Any = None, seed: int = 0, det_cfg: Any = None,
-                   sheet: str | Path | None = None) -> EvalData:
+                   sheet: str | Path | None = None, store_fraction: float = 0.5) -> EvalData:
     """Read an evaluation source into queries, raw gallery and the attacker's disjoint split.
 
     ``det_cfg`` filters detections like the nodes; ``sheet``: where to write the contact sheet of
-    tracks when identities come from tracking.
+    tracks when identities come from tracking; ``store_fraction``: the share of an unlabelled video or
+    bag that builds the trusted store (0 when a store is given: everything is evaluated).
     """
     from latent_rag_ros.datasets import open_source, source_kind
 
@@ -369,6 +371,7 @@ def load_eval_data(source: str | Path, max_queries: int | None = None, max_galle
         from latent_rag_ros.eval.bags import read_labels
 
         if kind == "video" or not read_labels(path):
-            return _tracked_data(path, kind, detector, det_cfg, max_queries, max_attack, seed, sheet)
+            return _tracked_data(path, kind, detector, det_cfg, max_queries, max_attack, seed, sheet,
+                                 store_fraction=store_fraction)
     samples = list(open_source(path, detector=detector))
     return _unsplit_data(path, kind, samples, max_queries, max_attack, seed)
