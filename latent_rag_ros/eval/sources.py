@@ -321,7 +321,7 @@ def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries
                                   lab["camid"], i, tuple(box)))
     notes = [(f"no labels: the first {n_store} of {len(frames)} frames built the trusted store ({len(store)} crops); "
               if n_store else f"no labels; the given store is used; {len(frames)} frames: ") +
-             f"identities of the other {len(rest)} from tracks (IoU + colour histogram): {n_ids} people; thirds "
+             f"identities in {len(rest)} frames from tracks (IoU + colour histogram): {n_ids} people; thirds "
              "of that time act as cameras; a person who leaves and re-enters counts twice"]
     groups: dict[tuple[str, int], list[Any]] = {}
     for smp in samples:
