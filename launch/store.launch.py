@@ -2,8 +2,9 @@
 
     ros2 launch latent_rag_ros store.launch.py config_file:=/path/latent_rag.yaml store_path:=/data/store
 
-The services are relative names in ``namespace`` (default ``latent_rag``): use the same namespace
-as the robot's protect.launch.py, or remap ``retrieve_latents``/``add_identities``.
+The store is in the trusted-link zone: it answers robots over the network, and only requests
+sealed with a provisioned robot key (writes: the administrator key) get anything (README "Security
+model"). security:=true adds SROS2 (sros2/README.md).
 """
 
 import os
@@ -11,6 +12,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -22,6 +24,8 @@ def generate_launch_description() -> LaunchDescription:
     default_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
                                      os.path.join(share, "config", "fastdds_large_images.xml"))
     config = LaunchConfiguration("config_file")
+    # services are relative names in the namespace: use the robot's namespace or remap them
+    security = IfCondition(LaunchConfiguration("security"))
     # a node that dies (e.g. a native crash) is restarted; nothing is published while it is down
     respawn = {"respawn": LaunchConfiguration("respawn"), "respawn_delay": 2.0, "respawn_max_retries": 5}
     return LaunchDescription([
@@ -39,9 +43,16 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock instead of the wall clock"),
         DeclareLaunchArgument("log_level", default_value="info", description="log level (debug, info, warn, ...)"),
+        DeclareLaunchArgument("security", default_value="false",
+                              description="SROS2: ROS_SECURITY_ENABLE=true, Enforce, keystore below"),
+        DeclareLaunchArgument("keystore", default_value=os.path.join(os.path.expanduser("~"), "latent_rag_keystore"),
+                              description="SROS2 keystore (tools/make_sros2_keystore.sh makes one)"),
+        SetEnvironmentVariable("ROS_SECURITY_ENABLE", "true", condition=security),
+        SetEnvironmentVariable("ROS_SECURITY_STRATEGY", "Enforce", condition=security),
+        SetEnvironmentVariable("ROS_SECURITY_KEYSTORE", LaunchConfiguration("keystore"), condition=security),
         Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen", **respawn,
              namespace=LaunchConfiguration("namespace"),
-             ros_arguments=["--log-level", LaunchConfiguration("log_level")],
              parameters=[config, {"config_file": config, "store.path": LaunchConfiguration("store_path"),
-                                  "use_sim_time": LaunchConfiguration("use_sim_time")}]),
+                                  "use_sim_time": LaunchConfiguration("use_sim_time")}],
+             ros_arguments=["--enclave", "/latent_rag/store_node", "--log-level", LaunchConfiguration("log_level")]),
     ])

@@ -14,7 +14,9 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from latent_rag_ros.egress_auth import EgressTagger, load_key
 from latent_rag_ros.msg import ProtectedCrop
+from latent_rag_ros.nodes.egress_node import sign_protected
 from latent_rag_ros.nodes.graph import Graph
 
 from rosutil import Probe, wait_for, write_params
@@ -50,8 +52,12 @@ def test_image_sibling_and_heartbeat(tmp_path: Path) -> None:
             "/reid/protected_image") > 0, 60, "egress subscription")
         wait_for(lambda: {kv.key: kv.value for kv in beats[-1].values}["protector_connected"] == "true", 30,
                  "heartbeat to see the protector")
-        fake_protector.publish(_crop(ok=False))
-        fake_protector.publish(_crop(ok=True))
+        tagger = EgressTagger(load_key(Path(graph.run_key_dir) / "egress.key", create=False))
+        bad, good = _crop(ok=False), _crop(ok=True)
+        sign_protected(tagger, bad)   # tagged by "the protector" but malformed: still dropped
+        sign_protected(tagger, good)
+        fake_protector.publish(bad)
+        fake_protector.publish(good)
         wait_for(lambda: len(out) == 1 and len(images) == 1, 30, "the forwarded crop and its image")
         assert bytes(images[0].data) == bytes(range(24)) and images[0].encoding == "rgb8"
         wait_for(lambda: {kv.key: kv.value for kv in beats[-1].values}.get("dropped_invalid") == "1", 30,
