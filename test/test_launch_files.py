@@ -70,7 +70,8 @@ def test_protect_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert by_exe["relay_node"].kwargs["condition"].args[0].args[0] == "with_store"   # UnlessCondition
     for n in nodes:
         assert any(isinstance(p, dict) and "config_file" in p for p in n.kwargs["parameters"])
-        assert n.kwargs["ros_arguments"] == ["--enclave", f"/latent_rag/{n.kwargs['executable']}"]
+        assert n.kwargs["ros_arguments"][:2] == ["--enclave", f"/latent_rag/{n.kwargs['executable']}"]
+        assert n.kwargs["ros_arguments"][2] == "--log-level" and n.kwargs["namespace"].args[0] == "namespace"
     # zones: detector, protector and the optional camera driver are host-local; the others are not
     camera = [a for a in actions if a.kwargs.get("name") == "camera_driver"]
     assert len(camera) == 1 and camera[0].kwargs["condition"].args[0].args[0] == "camera_package"
@@ -93,7 +94,7 @@ def test_store_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     actions = _load(ROOT / "launch" / "store.launch.py", monkeypatch)
     nodes = [a for a in actions if "executable" in a.kwargs]
     assert [n.kwargs["executable"] for n in nodes] == ["store_node"]
-    assert nodes[0].kwargs["ros_arguments"] == ["--enclave", "/latent_rag/store_node"]
+    assert nodes[0].kwargs["ros_arguments"][:3] == ["--enclave", "/latent_rag/store_node", "--log-level"]
 
 
 def test_cmake_installs_launch_and_config() -> None:

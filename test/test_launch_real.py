@@ -23,7 +23,10 @@ from latent_rag_ros.datasets import Sample
 from latent_rag_ros.models.factory import build_detector, build_models, store_identity
 from latent_rag_ros.msg import ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
+from latent_rag_ros.nodes.graph import provision_local_keys
+from latent_rag_ros.nodes.link import call
 from latent_rag_ros.people import crop_people
+from latent_rag_ros.security import ClientSealer, new_key
 from latent_rag_ros.srv import RetrieveLatents
 from latent_rag_ros.store.build import build_store
 
@@ -45,7 +48,9 @@ def store_setup(tmp_path_factory: pytest.TempPathFactory):
     """A parameter file naming a small real store (people from vtest.avi, random-weight generator)."""
     require_launch()
     tmp = tmp_path_factory.mktemp("launch")
-    cfg_file = write_params(tmp / "params.yaml", {**PARAMS, "store": {"path": str(tmp / "store")}})
+    cfg_file = write_params(tmp / "params.yaml", {**PARAMS, "store": {"path": str(tmp / "store")},
+                                                  "link": {"keys_dir": str(tmp / "keys")}})
+    provision_local_keys(str(cfg_file))   # the local store's robot + admin link keys
     cfg = load_config(cfg_file)
     models = build_models(cfg, "cpu", with_encoder=True)
     detector = build_detector(cfg)
@@ -113,7 +118,9 @@ def test_protect_launch_runs_the_graph_and_stops_on_ctrl_c(store_setup) -> None:
 
 def test_store_launch_serves_its_store_and_takes_the_arguments(store_setup) -> None:
     tmp, _, cfg, dim = store_setup
-    bare = write_params(tmp / "bare.yaml", {"ros": {"status_period_s": 0.5}})  # store path from store_path:=
+    keys = str(tmp / "keys")
+    sealer = ClientSealer(new_key(keys, "launch_probe", "robot"))   # the sealed store link needs a robot key
+    bare = write_params(tmp / "bare.yaml", {"ros": {"status_period_s": 0.5}, "link": {"keys_dir": keys}})
     run = LaunchRun("store.launch.py", config_file=str(bare), store_path=cfg.store.path, namespace="trusted",
                     use_sim_time="true", log_level="warn")
     probe = Probe("store_launch_probe")
@@ -122,11 +129,10 @@ def test_store_launch_serves_its_store_and_takes_the_arguments(store_setup) -> N
         wait_for(client.service_is_ready, 120, "/trusted/retrieve_latents")
         query = np.zeros(dim, np.float32)
         query[0] = 1.0
-        fut = client.call_async(RetrieveLatents.Request(identity=query.tolist(), m=2, exclude_id=-1, client="t"))
-        wait_for(fut.done, 30, "retrieve reply")
-        res = fut.result()
-        assert res.ok, res.message
-        assert len(res.ids) == 2 and res.store_version
+        reply = call(probe.node, client, sealer, "retrieve", {"m": 2, "exclude_id": -1}, {"identity": query},
+                     timeout_s=30)
+        assert reply.ok, reply.message
+        assert reply.arrays["latents"].shape[0] == 2 and reply.meta["store_version"]
         assert _param(probe, "/trusted/store_node", "use_sim_time") is True
         assert _param(probe, "/trusted/store_node", "store.path") == cfg.store.path
         # log_level:=warn hides the node's start-up INFO lines

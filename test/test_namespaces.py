@@ -18,6 +18,8 @@ from sensor_msgs.msg import Image
 from latent_rag_ros.msg import PersonCrops
 from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.graph import Graph
+from latent_rag_ros.nodes.link import call
+from latent_rag_ros.security import ClientSealer, new_key
 from latent_rag_ros.srv import RetrieveLatents
 from latent_rag_ros.store import open_store
 
@@ -41,10 +43,13 @@ def test_two_namespaced_graphs_do_not_cross(tmp_path: Path) -> None:
     graphs = {ns: Graph() for ns in ("robot1", "robot2")}
     versions = {}
     probe = Probe("ns_probe")
+    keys = str(tmp_path / "keys")
+    sealer = ClientSealer(new_key(keys, "ns_probe", "robot"))   # the sealed store link needs a robot key
     try:
         for i, (ns, graph) in enumerate(graphs.items()):
             versions[ns] = _store(tmp_path / f"store_{ns}", seed=i)
-            cfg = write_params(tmp_path / f"{ns}.yaml", {"store": {"path": str(tmp_path / f"store_{ns}")}})
+            cfg = write_params(tmp_path / f"{ns}.yaml", {"store": {"path": str(tmp_path / f"store_{ns}")},
+                                                        "link": {"keys_dir": keys}})
             graph.start(["detector_node", "store_node"], str(cfg), namespace=f"/{ns}")
         crops = {ns: probe.collect(PersonCrops, f"/{ns}/crops") for ns in graphs}
         cam = probe.node.create_publisher(Image, "/robot1/image_raw",
@@ -54,9 +59,9 @@ def test_two_namespaced_graphs_do_not_cross(tmp_path: Path) -> None:
                  and probe.node.count_publishers("/robot2/crops") == 1, 120, "both namespaced graphs")
         assert probe.node.count_subscribers("/robot2/image_raw") == 1  # robot2 listens on its own camera only
         for ns, client in clients.items():
-            fut = client.call_async(RetrieveLatents.Request(identity=[1.0] * DIM, m=2, exclude_id=-1, client="t"))
-            wait_for(fut.done, 30, f"{ns} retrieve")
-            assert fut.result().ok and fut.result().store_version == versions[ns], fut.result().message
+            reply = call(probe.node, client, sealer, "retrieve", {"m": 2, "exclude_id": -1},
+                         {"identity": np.ones(DIM, np.float32)}, timeout_s=30)
+            assert reply.ok and reply.meta["store_version"] == versions[ns], reply.message
         assert versions["robot1"] != versions["robot2"]
         frames = vtest_frames([100, 200, 300])
         deadline = time.monotonic() + 120
