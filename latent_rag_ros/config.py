@@ -269,10 +269,11 @@ NODE_KEYS: dict[str, tuple[str, ...]] = {
                       "ros.max_frame_age_s"),
     "protector_node": ("models.", "protector.", "ros.crops_topic", "ros.protected_topic", "ros.retrieve_service",
                        "ros.output_qos.", "ros.service_timeout_s", "ros.status_period_s", "ros.max_queue",
-                       "ros.max_frame_pixels", "ros.max_frame_bytes", "ros.max_frame_age_s"),
+                       "ros.max_frame_pixels", "ros.max_frame_bytes", "ros.max_frame_age_s", "link."),
     "egress_node": ("ros.protected_topic", "ros.egress_topic", "ros.output_qos.", "ros.status_period_s",
-                    "ros.egress_image_topic", "ros.heartbeat_topic", "ros.heartbeat_period_s"),
-    "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.status_period_s"),
+                    "ros.egress_image_topic", "ros.heartbeat_topic", "ros.heartbeat_period_s", "ros.evaluation_mode"),
+    "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.remove_service", "ros.status_period_s",
+                   "link."),
 }
 # Keys a running node applies at once (read on every frame/request); all others are read-only and
 # need a restart (models, topics, QoS, devices, store location).
