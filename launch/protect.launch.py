@@ -90,7 +90,8 @@ def generate_launch_description() -> LaunchDescription:
         Node(package=LaunchConfiguration("camera_package"), executable=LaunchConfiguration("camera_executable"),
              name="camera_driver", output="screen", additional_env=internal_env, **respawn,
              ros_arguments=enclave("camera_driver"),
-             condition=IfCondition(LaunchConfiguration("camera_package"))),
+             # IfCondition accepts only true/false/1/0: an empty camera_package (the default) means "no driver"
+             condition=IfCondition(PythonExpression(["'", LaunchConfiguration("camera_package"), "' != ''"]))),
         Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen", **respawn,
              namespace=ns, parameters=[config, common], ros_arguments=enclave("store_node"),
              condition=IfCondition(with_store)),

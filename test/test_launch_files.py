@@ -74,7 +74,7 @@ def test_protect_launch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert n.kwargs["ros_arguments"][2] == "--log-level" and n.kwargs["namespace"].args[0] == "namespace"
     # zones: detector, protector and the optional camera driver are host-local; the others are not
     camera = [a for a in actions if a.kwargs.get("name") == "camera_driver"]
-    assert len(camera) == 1 and camera[0].kwargs["condition"].args[0].args[0] == "camera_package"
+    assert len(camera) == 1 and camera[0].kwargs["condition"].args[0].args[0][1].args[0] == "camera_package"
     for n in (by_exe["detector_node"], by_exe["protector_node"], camera[0]):
         env = n.kwargs["additional_env"]
         assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_host_local.xml")

@@ -93,8 +93,12 @@ def test_protect_launch_runs_the_graph_and_stops_on_ctrl_c(store_setup) -> None:
         out = probe.collect(ProtectedCrop, "/reid/protected")
         cam = probe.node.create_publisher(Image, "/robot_a/front/image_raw",
                                           QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-        wait_for(lambda: cam.get_subscription_count() > 0 and probe.node.count_publishers("/reid/protected") > 0
-                 and probe.node.count_subscribers("/robot_a/crops") > 0, 240, "the launched graph")
+        try:
+            wait_for(lambda: cam.get_subscription_count() > 0 and probe.node.count_publishers("/reid/protected") > 0
+                     and probe.node.count_subscribers("/robot_a/crops") > 0, 240, "the launched graph")
+        except AssertionError as exc:
+            lines = [ln for ln in run.lines if "[DEBUG]" not in ln]
+            raise AssertionError(f"{exc}\n" + "\n".join(lines[-60:])) from None
         names = set(probe.node.get_node_names_and_namespaces())
         assert {(n, "/robot_a") for n in NODES} <= names
         frames = vtest_frames(list(range(400, 600, 20)))
