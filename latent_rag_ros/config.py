@@ -55,7 +55,7 @@ class ProtectorConfig:
     coarse_step: float = 0.001        # sign-gradient step on coarse layers (paper: 0.001)
     fine_step: float = 0.01           # sign-gradient step on fine layers (paper: 0.01)
     momentum: float = 0.0             # MI-FGSM decay; 0 = plain I-FGSM as in the paper
-    schedule: str = "simultaneous"    # "simultaneous" or "alternating" coarse/fine updates
+    schedule: str = "simultaneous"    # "simultaneous", "alternating" or "authors" (MI-FGSM 0.9, coarse then fine)
     use_div_loss: bool = True
     use_id_loss: bool = True
     temperature: float = 1.0          # inverse self-attention softmax temperature (paper: 1)
@@ -68,6 +68,10 @@ class ProtectorConfig:
     seed: int = 0
     device: str = "auto"              # "auto", "cpu", "cuda", "cuda:1"
     dtype: str = "float32"            # "float32", "float16", "bfloat16" (GPU)
+    fast_path: bool = True            # core.fastpath: same update rule, less work per step (false = eager)
+    fold_reid: bool = True            # fast path: L_id through a BatchNorm-folded channels_last copy of E
+    batched_backward: str = "auto"    # fast path: both VJPs in one vmapped backward; auto = CUDA only
+    batch_window_ms: float = 0.0      # protector node: wait at most this long to fill a batch (0 = per frame)
 
 
 @dataclass
@@ -147,7 +151,8 @@ class Config:
 _SPECIAL_PATHS = {"demo", "random", "projection", "deepsort_mobilenetv2", "bagtricks", "agw", "torchreid"}
 
 _CHOICES: dict[str, set[str]] = {
-    "protector.schedule": {"simultaneous", "alternating"},
+    "protector.schedule": {"simultaneous", "alternating", "authors"},
+    "protector.batched_backward": {"auto", "on", "off"},
     "protector.dtype": {"float32", "float16", "bfloat16"},
     "store.backend": {"auto", "faiss", "milvus"},
     "detector.kind": {"hog", "onnx"},
@@ -169,6 +174,7 @@ def _validate(cfg: Config) -> None:
         (p.scale >= 0, "protector.scale must be >= 0 (0 = sqrt(d))"),
         (p.eps > 0, "protector.eps must be > 0"),
         (p.batch_size >= 1, "protector.batch_size must be >= 1"),
+        (p.batch_window_ms >= 0, "protector.batch_window_ms must be >= 0 (0 = one frame per batch)"),
         (cfg.store.max_m >= 1, "store.max_m must be >= 1"),
         (cfg.ros.service_timeout_s > 0, "ros.service_timeout_s must be > 0"),
         (cfg.ros.status_period_s > 0, "ros.status_period_s must be > 0"),
