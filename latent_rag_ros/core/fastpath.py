@@ -78,6 +78,24 @@ def loss_encoder(reid: torch.nn.Module) -> torch.nn.Module:
     return fast.to(memory_format=torch.channels_last)
 
 
+def step_deviation(w_a: torch.Tensor, w_b: torch.Tensor, opts: StepOptions) -> dict[str, float]:
+    """How far two runs of T sign steps from the same w* ended apart, in units of their sign steps.
+
+    ``entries_differing``: share of W+ entries that differ by more than half a step;
+    ``flipped_steps``: net flipped sign steps (|dw| / 2 steps, rounded) over all sign steps taken (T per
+    entry; T/2 when alternating). Flips that cancel out are not seen, so it is a lower bound.
+    """
+    coarse_mask, fine_mask = layer_masks(w_a, opts.coarse_layers)
+    step = (coarse_mask * opts.coarse_step + fine_mask * opts.fine_step).clamp_min(1e-12)
+    dw = (w_a - w_b).abs()
+    flips = torch.round(dw / (2 * step))
+    per_entry = opts.steps / 2 if opts.schedule == "alternating" else opts.steps
+    total = max(per_entry * dw.numel(), 1)
+    return {"max_abs_dw": float(dw.max()) if dw.numel() else 0.0,
+            "entries_differing": float((dw > step / 2).float().mean()) if dw.numel() else 0.0,
+            "flipped_steps": float(flips.sum()) / total}
+
+
 def use_batched_backward(setting: str, device: torch.device) -> bool:
     """``on``/``off``, or ``auto``: on for CUDA only (no gain measured on CPU)."""
     if setting not in ("auto", "on", "off"):

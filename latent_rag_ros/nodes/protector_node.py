@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import RegionOfInterest
 
+from latent_rag_ros.core.batching import BatchWindow
 from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.core.protector import Protector, resolve_device
 from latent_rag_ros.core.retrieval import Retrieved
@@ -32,6 +33,13 @@ from latent_rag_ros.nodes.common import (
     qos_profile,
 )
 from latent_rag_ros.srv import RetrieveLatents
+
+
+class _CropBatch:
+    """Crops of one micro-batch, possibly from several frames (each crop keeps its own header)."""
+
+    def __init__(self, crops: list) -> None:
+        self.crops = crops
 
 
 class ProtectorNode(Node):
@@ -56,6 +64,8 @@ class ProtectorNode(Node):
         self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
                                          qos_profile(self.cfg.ros.output_qos))
         self.slot = LatestSlot(self.cfg.ros.max_queue)
+        window_ms = self.cfg.protector.batch_window_ms   # 0: each frame is one batch, as it arrives
+        self.window = BatchWindow(self.cfg.protector.batch_size, window_ms, now_ms) if window_ms > 0 else None
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
                                             qos_profile(self.cfg.ros.output_qos))
         self._worker = threading.Thread(target=self._run, name="protector", daemon=True)
@@ -80,14 +90,25 @@ class ProtectorNode(Node):
 
     def _run(self) -> None:
         while rclpy.ok() and not self.slot.closed:
-            msg = self.slot.get()
+            if self.window is None:
+                msg = self.slot.get()
+                if msg is not None:
+                    self._process_safely(msg)
+                continue
+            # micro-batching: crops of several frames share one batch; none waits past batch_window_ms
+            msg = self.slot.get(self.window.wait_s(0.2))
             if msg is not None:
-                try:
-                    self.process(msg)
-                except Exception as exc:  # noqa: BLE001 - keep the node alive; never publish unprotected
-                    self.status.count("errors")
-                    self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
-                    self.get_logger().error(f"protection failed: {exc}")
+                self.window.add(msg.crops)
+            while self.window.ready() and not self.slot.closed:
+                self._process_safely(_CropBatch(self.window.take()))
+
+    def _process_safely(self, msg: PersonCrops | _CropBatch) -> None:
+        try:
+            self.process(msg)
+        except Exception as exc:  # noqa: BLE001 - keep the node alive; never publish unprotected
+            self.status.count("errors")
+            self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
+            self.get_logger().error(f"protection failed: {exc}")
 
     def _retrieve(self, identity: np.ndarray) -> list[RetrieveLatents.Response | None]:
         """One asynchronous service call per identity vector; None where it failed or timed out."""
@@ -119,8 +140,8 @@ class ProtectorNode(Node):
                 out.append(res)
         return out
 
-    def process(self, msg: PersonCrops) -> None:
-        """Protect every valid crop of one frame and publish the results."""
+    def process(self, msg: PersonCrops | _CropBatch) -> None:
+        """Protect every valid crop of one frame (or of one micro-batch) and publish the results."""
         t0 = now_ms()
         crops, metas = [], []
         for c in msg.crops:
