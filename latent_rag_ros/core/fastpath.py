@@ -10,10 +10,12 @@ What it changes (measured on CPU in docs/perf.md), and what it keeps:
 - Steps that do not update the fine rows (alternating schedule) evaluate E without a graph.
 - The final image and its embedding come from the loop's last evaluation instead of a second render.
 - Per-step losses stay on the device until the end (no host synchronisation per step).
-- ``fold_reid``: a copy of E with each BatchNorm folded into its convolution and channels_last
-  memory, used for L_id only. Same function; the rounding differs, so ReLU6/ReLU kinks can flip on
-  near-zero inputs and gradients deviate at the 1e-3 level (fp32 vs fp64 of the eager encoder
-  deviates as much); counted in the tests and the benchmark.
+- ``loss_encoder(reid, "exact")`` (default): a copy of E for L_id whose Conv-BN-ReLU blocks keep their
+  forward bit for bit and run a one-pass backward (core/fused_backward.py): gradients equal to ~1e-6.
+- ``loss_encoder(reid, "folded")`` (opt-in): BatchNorm folded into the convolutions and channels_last.
+  Faster, but the forward's rounding differs, ReLU6 decisions near their kinks flip, and the T-step
+  sign iteration amplifies that: at the demo settings the result differs from eager about as much as
+  eager at 1 vs 2 CPU threads does (docs/perf.md). Not exact, so not the default.
 - ``batched_backward``: both VJPs through G in one vmapped backward (``is_grads_batched``). Exact; on
   CPU it measured no gain, so ``auto`` enables it on CUDA only (unmeasured there: no GPU was lent).
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from latent_rag_ros.core.fused_backward import fuse_backward
 from latent_rag_ros.core.generation import (
     GenerationTrace,
     StepOptions,
@@ -64,18 +67,27 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
         return net
 
 
-def loss_encoder(reid: torch.nn.Module) -> torch.nn.Module:
-    """A copy of E for L_id: BatchNorm folded into the convolutions of ``reid.net`` and channels_last.
+REID_MODES = ("exact", "folded", "off")
 
-    ``reid`` follows the ReIDEncoder contract (resize + normalise in forward); its ``net`` is folded
-    when it exists, the whole module otherwise. The original module is not modified.
+
+def loss_encoder(reid: torch.nn.Module, mode: str = "exact") -> torch.nn.Module:
+    """E as used inside L_id: ``exact`` (fused backward), ``folded`` (BN folded, channels_last) or ``off`` (E).
+
+    ``reid`` follows the ReIDEncoder contract (resize + normalise in forward); its ``net`` is rewritten
+    when it exists, the whole module otherwise. The original module is never modified.
     """
+    if mode not in REID_MODES:
+        raise ValueError(f"fast_reid must be one of {', '.join(REID_MODES)}, got {mode!r}")
+    if mode == "off":
+        return reid
     fast = copy.deepcopy(reid).eval().requires_grad_(False)
-    if isinstance(getattr(fast, "net", None), torch.nn.Module):
-        fast.net = fold_batchnorm(fast.net).requires_grad_(False)
+    has_net = isinstance(getattr(fast, "net", None), torch.nn.Module)
+    rewrite = fold_batchnorm if mode == "folded" else (lambda m: fuse_backward(m)[0])
+    if has_net:
+        fast.net = rewrite(fast.net).requires_grad_(False)
     else:
-        fast = fold_batchnorm(fast).requires_grad_(False)
-    return fast.to(memory_format=torch.channels_last)
+        fast = rewrite(fast).requires_grad_(False)
+    return fast.to(memory_format=torch.channels_last) if mode == "folded" else fast
 
 
 def step_deviation(w_a: torch.Tensor, w_b: torch.Tensor, opts: StepOptions) -> dict[str, float]:

@@ -100,8 +100,8 @@ class Protector:
         self.working_size = (int(generator.img_height), int(generator.img_width))
         size = getattr(reid, "input_size", None)
         self.reid_size = (int(size[0]), int(size[1])) if size is not None else self.working_size
-        fast = self.cfg.fast_path and self.cfg.fold_reid
-        self.loss_reid = loss_encoder(self.reid) if fast else self.reid   # E as used inside L_id
+        fast_reid = self.cfg.fast_reid if self.cfg.fast_path else "off"
+        self.loss_reid = loss_encoder(self.reid, fast_reid)   # E as used inside L_id
         self.batched_backward = use_batched_backward(self.cfg.batched_backward, self.device)
 
     @property
