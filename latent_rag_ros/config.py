@@ -69,7 +69,7 @@ class ProtectorConfig:
     device: str = "auto"              # "auto", "cpu", "cuda", "cuda:1"
     dtype: str = "float32"            # "float32", "float16", "bfloat16" (GPU)
     fast_path: bool = True            # core.fastpath: same update rule, less work per step (false = eager)
-    fast_reid: str = "exact"          # fast path's E in L_id: exact (fused backward) | folded (not exact) | off
+    fast_reid: str = "off"            # fast path's E in L_id: off (E as is) | folded (BN folded: faster, not exact)
     batched_backward: str = "auto"    # fast path: both VJPs in one vmapped backward; auto = CUDA only
     batch_window_ms: float = 0.0      # protector node: wait at most this long to fill a batch (0 = per frame)
 
@@ -153,7 +153,7 @@ _SPECIAL_PATHS = {"demo", "random", "projection", "deepsort_mobilenetv2", "bagtr
 _CHOICES: dict[str, set[str]] = {
     "protector.schedule": {"simultaneous", "alternating", "authors"},
     "protector.batched_backward": {"auto", "on", "off"},
-    "protector.fast_reid": {"exact", "folded", "off"},
+    "protector.fast_reid": {"off", "folded"},
     "protector.dtype": {"float32", "float16", "bfloat16"},
     "store.backend": {"auto", "faiss", "milvus"},
     "detector.kind": {"hog", "onnx"},

@@ -21,7 +21,6 @@ from latent_rag_ros.core.fastpath import (
     step_gradients,
     use_batched_backward,
 )
-from latent_rag_ros.core.fused_backward import FusedConvBNAct, fuse_backward
 from latent_rag_ros.core.generation import StepOptions, identity_aligned_generation, losses, render
 from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.eval.metrics import ssim
@@ -144,22 +143,6 @@ def _input_grad(enc: torch.nn.Module, x: torch.Tensor, f: torch.Tensor) -> torch
     return torch.autograd.grad((1 - F.cosine_similarity(enc(xi), f)).sum(), xi)[0]
 
 
-def test_fused_backward_encoder_is_exact(mobilenet) -> None:
-    """The default loss encoder: every Conv-BN-ReLU6 block fused, same embeddings bit for bit, same gradients."""
-    _, count = fuse_backward(mobilenet.net)
-    assert count >= 50                      # MobileNetV2 features: 52 conv+BN pairs
-    enc = loss_encoder(mobilenet, "exact")
-    assert sum(isinstance(m, FusedConvBNAct) for m in enc.modules()) == count
-    assert not any(isinstance(m, FusedConvBNAct) for m in mobilenet.modules()), "the original was modified"
-    x = torch.rand(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
-    f = F.normalize(torch.randn(2, mobilenet.dim, generator=torch.Generator().manual_seed(1)), dim=1)
-    with torch.no_grad():
-        assert torch.equal(enc(x), mobilenet(x))
-    xi = x.clone().requires_grad_(True)
-    assert torch.equal(enc(xi).detach(), mobilenet(x))   # the graph-building forward too
-    assert _rel(_input_grad(enc, x, f), _input_grad(mobilenet, x, f)) < 1e-4
-
-
 def test_folded_encoder_is_the_same_function_up_to_rounding(mobilenet) -> None:
     """Opt-in folding + channels_last: embeddings equal to fp32 rounding; gradients only to the ReLU6-kink level."""
     folded = loss_encoder(mobilenet, "folded")
@@ -170,16 +153,17 @@ def test_folded_encoder_is_the_same_function_up_to_rounding(mobilenet) -> None:
     with torch.no_grad():
         assert _rel(folded(x), mobilenet(x)) < 1e-4
     assert _rel(_input_grad(folded, x, f), _input_grad(mobilenet, x, f)) < 1e-2
-    with pytest.raises(ValueError, match="exact, folded, off"):
+    assert loss_encoder(mobilenet, "off") is mobilenet
+    with pytest.raises(ValueError, match="off, folded"):
         loss_encoder(mobilenet, "fast")
 
 
-def test_fast_loop_with_the_default_encoder_equals_eager(gen, mobilenet) -> None:
-    """Fast path with the exact loss encoder vs eager with the original: < 1% flipped steps, image SSIM >= 0.98."""
+def test_fast_loop_with_a_real_encoder_equals_eager(gen, mobilenet) -> None:
+    """Fast path (default settings) vs eager with the real MobileNetV2: < 1% flipped steps, image SSIM >= 0.98."""
     w, images, f = _inputs(gen, mobilenet)
     opts = StepOptions(steps=6, coarse_step=0.005, fine_step=0.05)
     ref_w, _ = identity_aligned_generation(w, images, f, gen, mobilenet, opts)
-    res = fast_generation(w, images, f, gen, loss_encoder(mobilenet, "exact"), opts)
+    res = fast_generation(w, images, f, gen, loss_encoder(mobilenet), opts)
     dev = step_deviation(res.w_adv, ref_w, opts)
     assert dev["flipped_steps"] < 0.01 and dev["entries_differing"] < 0.01, dev
     with torch.no_grad():

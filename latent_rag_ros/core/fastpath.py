@@ -10,12 +10,12 @@ What it changes (measured on CPU in docs/perf.md), and what it keeps:
 - Steps that do not update the fine rows (alternating schedule) evaluate E without a graph.
 - The final image and its embedding come from the loop's last evaluation instead of a second render.
 - Per-step losses stay on the device until the end (no host synchronisation per step).
-- ``loss_encoder(reid, "exact")`` (default): a copy of E for L_id whose Conv-BN-ReLU blocks keep their
-  forward bit for bit and run a one-pass backward (core/fused_backward.py): gradients equal to ~1e-6.
-- ``loss_encoder(reid, "folded")`` (opt-in): BatchNorm folded into the convolutions and channels_last.
-  Faster, but the forward's rounding differs, ReLU6 decisions near their kinks flip, and the T-step
-  sign iteration amplifies that: at the demo settings the result differs from eager about as much as
-  eager at 1 vs 2 CPU threads does (docs/perf.md). Not exact, so not the default.
+- ``loss_encoder(reid, "folded")`` (opt-in, ``protector.fast_reid``): E for L_id with BatchNorm folded
+  into the convolutions and channels_last. Faster, but the forward's rounding differs, ReLU6 decisions
+  near their kinks flip, and the T-step sign iteration amplifies that: at the demo settings the result
+  differs from eager about as much as eager at 1 vs 2 CPU threads does (docs/perf.md). Not the default.
+  (A hand-written one-pass Conv-BN-ReLU6 backward with a bit-identical forward was tried: exact, but
+  slower than autograd's on this CPU, so it was dropped.)
 - ``batched_backward``: both VJPs through G in one vmapped backward (``is_grads_batched``). Exact; on
   CPU it measured no gain, so ``auto`` enables it on CUDA only (unmeasured there: no GPU was lent).
 """
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from latent_rag_ros.core.fused_backward import fuse_backward
 from latent_rag_ros.core.generation import (
     GenerationTrace,
     StepOptions,
@@ -67,11 +66,11 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
         return net
 
 
-REID_MODES = ("exact", "folded", "off")
+REID_MODES = ("off", "folded")
 
 
-def loss_encoder(reid: torch.nn.Module, mode: str = "exact") -> torch.nn.Module:
-    """E as used inside L_id: ``exact`` (fused backward), ``folded`` (BN folded, channels_last) or ``off`` (E).
+def loss_encoder(reid: torch.nn.Module, mode: str = "off") -> torch.nn.Module:
+    """E as used inside L_id: ``off`` (E itself) or ``folded`` (a copy, BatchNorm folded, channels_last).
 
     ``reid`` follows the ReIDEncoder contract (resize + normalise in forward); its ``net`` is rewritten
     when it exists, the whole module otherwise. The original module is never modified.
@@ -81,13 +80,11 @@ def loss_encoder(reid: torch.nn.Module, mode: str = "exact") -> torch.nn.Module:
     if mode == "off":
         return reid
     fast = copy.deepcopy(reid).eval().requires_grad_(False)
-    has_net = isinstance(getattr(fast, "net", None), torch.nn.Module)
-    rewrite = fold_batchnorm if mode == "folded" else (lambda m: fuse_backward(m)[0])
-    if has_net:
-        fast.net = rewrite(fast.net).requires_grad_(False)
+    if isinstance(getattr(fast, "net", None), torch.nn.Module):
+        fast.net = fold_batchnorm(fast.net).requires_grad_(False)
     else:
-        fast = rewrite(fast).requires_grad_(False)
-    return fast.to(memory_format=torch.channels_last) if mode == "folded" else fast
+        fast = fold_batchnorm(fast).requires_grad_(False)
+    return fast.to(memory_format=torch.channels_last)
 
 
 def step_deviation(w_a: torch.Tensor, w_b: torch.Tensor, opts: StepOptions) -> dict[str, float]:
