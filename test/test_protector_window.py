@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from sensor_msgs.msg import RegionOfInterest
 
 from latent_rag_ros.config import load_config
 from latent_rag_ros.models.factory import build_models, store_identity
@@ -50,8 +51,9 @@ def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
         wait_for(lambda: pub.get_subscription_count() > 0, 120, "protector subscription")
         for track in (1, 2, 3):   # three frames of one crop each, well inside one window
             msg = PersonCrops()
-            msg.crops = [PersonCrop(image=bgr_to_image(frame[100 + 10 * track:228 + 10 * track, 200:264]),
-                                    track_id=track)]
+            crop = frame[100 + 10 * track:228 + 10 * track, 200:264]
+            box = RegionOfInterest(x_offset=200, y_offset=100 + 10 * track, width=64, height=128)
+            msg.crops = [PersonCrop(image=bgr_to_image(crop), box=box, track_id=track)]
             pub.publish(msg)
         wait_for(lambda: len(out) >= 3 or graph.failed(), 120, "three protected crops")
         assert not graph.failed(), f"a node died: {graph.failed()}"
