@@ -193,3 +193,33 @@ def test_fast_loop_on_cuda_equals_eager(gen) -> None:
     assert step_deviation(res.w_adv, ref_w, opts)["flipped_steps"] < 0.01
     with torch.no_grad():
         assert _image_ssim(res.images, render(g, ref_w)) >= 0.98
+
+
+def test_bench_generator_names_map_to_official_configs() -> None:
+    from latent_rag_ros.bench import generator_spec
+
+    t = generator_spec("sg3t-256")
+    assert (t["img_resolution"], t["square"], t["channel_base"], t["channel_max"]) == (256, True, 16384, 512)
+    r = generator_spec("sg3r-human-512x256")
+    assert (r["img_resolution"], r["square"], r["conv_kernel"], r["use_radial_filters"]) == (512, False, 1, True)
+    assert (r["channel_base"], r["channel_max"]) == (65536, 1024)
+    assert generator_spec("demo") is None
+    for bad in ("sg3t-100", "sg3r-human-512x512", "stylegan"):
+        with pytest.raises(ValueError):
+            generator_spec(bad)
+
+
+def test_bench_protect_prints_the_side_by_side_table(capsys) -> None:
+    """One tiny run of the benchmark: three paths, and the default fast path is bit-identical to eager."""
+    import json
+
+    from latent_rag_ros.cli import main
+
+    assert main(["bench", "protect", "--generator", "demo", "--batch-sizes", "1", "--repeats", "1", "--threads", "1",
+                 "--set", "protector.steps=2", "--set", "protector.m=2"]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {r["path"] for r in rows if "path" in r} == {"reference", "eager", "fast"}
+    dev = next(r["deviation"] for r in rows if "deviation" in r)
+    assert dev["max_abs_dw"] == 0.0 and dev["ssim_min"] == 1.0
+    assert "| demo | 1 |" in out
