@@ -18,7 +18,7 @@ from latent_rag_ros.config import load_config
 from latent_rag_ros.models.factory import build_models, store_identity
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
-from latent_rag_ros.nodes.graph import Graph
+from latent_rag_ros.nodes.graph import Graph, provision_local_keys
 from latent_rag_ros.store import open_store
 
 from rosutil import Probe, vtest_frames, wait_for, write_params
@@ -41,6 +41,7 @@ def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
                        built_with=store_identity(models))
     store.add(vecs / np.linalg.norm(vecs, axis=1, keepdims=True), ws)
     store.close()
+    provision_local_keys(str(cfg_file))   # the local store's robot + admin link keys
     frame = vtest_frames([300])[0]
     graph = Graph()
     probe = Probe("window_probe")
