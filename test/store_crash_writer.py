@@ -29,8 +29,8 @@ def main(path: str, tag: str, seed: int) -> None:
     from latent_rag_ros.store import open_store
 
     rng = np.random.default_rng(seed)
-    # a small log limit so that kills also land inside compactions
-    store = open_store(path, compact_wal_bytes=8192, purge_fraction=0.1)
+    # a small purge threshold so that kills also land inside purges (index rebuild, VACUUM)
+    store = open_store(path, purge_fraction=0.1)
     print("READY", flush=True)
     acked: list[int] = []
     i = 0

@@ -102,8 +102,9 @@ def _pct(ts: list[float]) -> dict[str, float]:
 
 
 def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], latent_dtype: str, workdir: Path,
-              say: Callable[[str], None] = print, data_model: str = "structured") -> dict[str, Any]:
-    """Build a store of ``n`` entries under ``workdir``, reopen it, and time queries against it."""
+              say: Callable[[str], None] = print, data_model: str = "structured",
+              key_file: str | None = None) -> dict[str, Any]:
+    """Build a store of ``n`` entries under ``workdir`` (encrypted with ``key_file``), reopen it, time queries."""
     import faiss
 
     from latent_rag_ros.core.retrieval import retrieve
@@ -119,7 +120,7 @@ def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], lat
     rng = np.random.default_rng(2)
     block = rng.standard_normal((min(n, 4096), L, C), dtype=np.float32)  # W+ payload (content irrelevant here)
     t = time.perf_counter()
-    store = FaissStore.create(path, dim, L, C, latent_dtype=latent_dtype, compact_wal_bytes=1 << 62)
+    store = FaissStore.create(path, dim, L, C, latent_dtype=latent_dtype, key_file=key_file, snapshot_min=1 << 62)
     step = 50_000
     for s in range(0, n, step):
         e = min(n, s + step)
@@ -132,7 +133,10 @@ def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], lat
     store.close()
     gc.collect()
     t = time.perf_counter()
-    store = FaissStore(path, verify="full")
+    FaissStore(path, read_only=True, verify="size", key_file=key_file).close()
+    open_quick_s = time.perf_counter() - t
+    t = time.perf_counter()
+    store = FaissStore(path, verify="full", key_file=key_file)
     open_s = time.perf_counter() - t
     st = store.stats()
     for i in range(min(20, queries)):  # warm-up
@@ -152,9 +156,11 @@ def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], lat
     _, truth = faiss.knn(qs, data, 10, metric=faiss.METRIC_INNER_PRODUCT)
     recall = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(got, truth)]))
     res = {
-        "n": n, "data": data_model, "dim": dim, "latent_shape": [L, C], "latent_dtype": latent_dtype,
+        "n": n, "encryption": st["encryption"], "data": data_model, "dim": dim, "latent_shape": [L, C],
+        "latent_dtype": latent_dtype,
         "index": st["index"],
         "build_s": round(build_s, 2), "add_s": round(t_add, 2), "open_verify_s": round(open_s, 2),
+        "open_s": round(open_quick_s, 2),
         "search_k10": _pct(lat10), "retrieve_m10": _pct(lat_ret), "recall_at_10": round(recall, 4),
         "queries": queries, "data_gen_s": round(gen_s, 2), "truth_s": round(time.perf_counter() - t, 2),
         "disk_mb": round(sum(p.stat().st_size for p in path.iterdir()) / 2**20, 1),
@@ -177,6 +183,7 @@ def bench_store(
     keep: bool = False,
     say: Callable[[str], None] = print,
     data_model: str = "structured",
+    key_file: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`bench_one` for each size (sizes >= ``big_from`` use ``big_latent_shape``)."""
     import faiss
@@ -189,7 +196,8 @@ def bench_store(
     try:
         for n in sizes:
             shape = big_latent_shape if n >= big_from else latent_shape
-            report["results"].append(bench_one(n, dim, queries, shape, latent_dtype, base, say, data_model))
+            report["results"].append(bench_one(n, dim, queries, shape, latent_dtype, base, say, data_model,
+                                                key_file))
             if not keep:
                 shutil.rmtree(base / f"store_{n}", ignore_errors=True)
     finally:

@@ -109,12 +109,21 @@ def cmd_store_compact(args: argparse.Namespace) -> int:
 
 def cmd_bench_store(args: argparse.Namespace) -> int:
     """Build/search/recall benchmark of the embedded store (and optionally the fp16 W+ cost)."""
+    import tempfile
+    from pathlib import Path
+
     from latent_rag_ros.store.bench import bench_store, fp16_identity_cost
+    from latent_rag_ros.store.crypto import generate_key_file
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     shape = tuple(int(x) for x in args.latent_shape.lower().split("x"))
-    report = bench_store(sizes, dim=args.dim, queries=args.queries, out=None, latent_shape=shape,  # type: ignore[arg-type]
-                         latent_dtype=args.latent_dtype, workdir=args.workdir, data_model=args.data)
+    with tempfile.TemporaryDirectory(prefix="latent_rag_key_") as keydir:  # a key apart from the stores
+        key = None
+        if args.encrypt:
+            key = str(Path(keydir) / "bench.key")
+            generate_key_file(key)
+        report = bench_store(sizes, dim=args.dim, queries=args.queries, out=None, latent_shape=shape,  # type: ignore[arg-type]
+                             latent_dtype=args.latent_dtype, workdir=args.workdir, data_model=args.data, key_file=key)
     print(json.dumps({"dds_round_trip": report.get("dds_round_trip")}, default=str))
     if args.fp16_cost:
         _, models, _ = _models(args)
@@ -185,6 +194,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.add_argument("--workdir", default=None, help="where the stores are built (default: a temp dir)")
     p.add_argument("--data", choices=["structured", "isotropic"], default="structured",
                    help="synthetic data model (see latent_rag_ros/store/bench.py)")
+    p.add_argument("--encrypt", action="store_true", help="encrypt the stores at rest (a temporary key)")
     p.add_argument("--fp16-cost", action="store_true", help="also measure the fp16 W+ identity cost (config models)")
     p.add_argument("--out", default=None, help="write the report as JSON")
     p.set_defaults(func=_guard(cmd_bench_store))
