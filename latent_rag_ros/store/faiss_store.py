@@ -156,10 +156,10 @@ class FaissStore(VectorStore):
             raise StoreError(f"{root}: a store already exists here")
         if (root / LEGACY_MANIFEST).exists():
             raise legacy_error(root)
+        codec = codec_for(key_file, root)
         leftovers = [p.name for p in root.iterdir() if p.name != LOCK_NAME and not p.name.startswith(DB_NAME + ".tmp")]
         if leftovers:
             raise StoreError(f"{root}: directory is not empty and holds no store ({', '.join(sorted(leftovers)[:5])})")
-        codec = codec_for(key_file, root)
         lock_fd = _lock(root)
         try:
             uuid = str(uuidlib.uuid4())
@@ -231,8 +231,8 @@ class FaissStore(VectorStore):
                 snap_dead = self._load(verify, index, key_file)
             finally:
                 self._con.execute("ROLLBACK")
-            if snap_dead and not self.read_only:
-                self._erase_from_disk(rewrite_snapshot=True)  # a crash came between a removal and its snapshot
+            if not self.read_only:  # finish an erasure a crash interrupted: old page images, stale snapshot
+                self._erase_from_disk(rewrite_snapshot=snap_dead)
         except BaseException:
             self.close()
             raise
