@@ -6,12 +6,16 @@ about 1 ms at 1M entries, see store/ann.py), and adds are acknowledged only once
 malformed request gets ok=false and a message; no request returns more than ``store.max_m`` codes,
 so a client cannot dump the store, and ``store.rate_limit_hz`` bounds how often each client (by its
 declared name) may ask. A request that names its generator or re-ID model is refused unless the
-store was built for those models.
+store was built for those models. Every retrieve/add (and retention expiry) goes through
+``_outcome`` into the store's hash-chained audit trail (store/audit.py); a retrieval whose record
+cannot be written returns nothing. Entries retrieved at an abnormal rate are flagged in the status.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -21,6 +25,7 @@ from rclpy.node import Node
 from latent_rag_ros.core.retrieval import RetrievalError, retrieve
 from latent_rag_ros.nodes.common import NodeStatus, declare_config, f32_array, now_ms
 from latent_rag_ros.srv import AddIdentities, RetrieveLatents
+from latent_rag_ros.store.audit import AuditTrail
 from latent_rag_ros.store.base import model_mismatch
 from latent_rag_ros.store.rate_limit import RateLimiter
 
@@ -34,6 +39,7 @@ class StoreNode(Node):
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
         self._lock = threading.RLock()
         self.store = None
+        self.audit: AuditTrail | None = None
         self.open_error = ""
         self.limiter = RateLimiter(self.cfg.store.rate_limit_hz, self.cfg.store.rate_limit_burst or None)
         self._open()
@@ -47,9 +53,16 @@ class StoreNode(Node):
     def _open(self) -> None:
         from latent_rag_ros.store import open_store
 
+        sc = self.cfg.store
         try:
-            self.store = open_store(self.cfg.store.path, backend=self.cfg.store.backend)
+            self.store = open_store(sc.path, backend=sc.backend, **({"key_file": sc.key_file} if sc.key_file else {}))
+            self.audit = AuditTrail.for_store(sc.path, sc.audit_file, sc.audit_window_s, sc.audit_flag_count)
+            if sc.max_age_s > 0:
+                self.create_timer(sc.retention_check_s, self._expire)
         except Exception as exc:  # noqa: BLE001 - keep serving, answer every request with the reason
+            if self.store is not None:
+                self.store.close()
+                self.store = None
             self.open_error = f"store {self.cfg.store.path!r} unavailable: {exc}"
             self.get_logger().error(self.open_error)
             self.status.set(DiagnosticStatus.ERROR, self.open_error, store_loaded=False)
@@ -69,17 +82,20 @@ class StoreNode(Node):
         if not self.limiter.allow(req.client or "anonymous"):
             res.message = f"rate limit: client {req.client or 'anonymous'!r} is above {self.limiter.rate:g} requests/s"
             self.status.count("rate_limited")
+            self._outcome("retrieve", req.client, [], False, res.message)
             return res
         mismatch = model_mismatch(self.store.built_with, {"generator": req.generator, "reid": req.reid},
                                   f"store {self.cfg.store.path!r}")
         if mismatch:
             res.message = mismatch
             self.status.count("errors")
+            self._outcome("retrieve", req.client, [], False, res.message)
             return res
         m = int(req.m)
         if m < 1 or m > self.cfg.store.max_m:
             res.message = f"m={m} out of range 1..{self.cfg.store.max_m}"
             self.status.count("errors")
+            self._outcome("retrieve", req.client, [], False, res.message)
             return res
         query = np.frombuffer(req.identity, dtype=np.float32) if len(req.identity) else np.zeros(0, np.float32)
         exclude = int(req.exclude_id) if req.exclude_id >= 0 else None
@@ -88,6 +104,11 @@ class StoreNode(Node):
                 got = retrieve(self.store, query, m, [exclude], [req.exclude_label or None])
         except (RetrievalError, ValueError) as exc:
             res.message = str(exc)
+            self.status.count("errors")
+            self._outcome("retrieve", req.client, [], False, str(exc))
+            return res
+        if not self._outcome("retrieve", req.client, got.ids[0], True, ""):
+            res.message = "audit trail unavailable: nothing is served unaudited"
             self.status.count("errors")
             return res
         lat = got.latents[0]
@@ -126,7 +147,9 @@ class StoreNode(Node):
         except (ValueError, RuntimeError) as exc:
             res.message = str(exc)
             self.status.count("errors")
+            self._outcome("add", getattr(req, "client", ""), [], False, str(exc))
             return res
+        self._outcome("add", getattr(req, "client", ""), ids, True, "")
         res.ok = True
         res.ids = [int(i) for i in ids]
         res.store_version = store.version
@@ -134,11 +157,42 @@ class StoreNode(Node):
         self.status.set(DiagnosticStatus.OK, "serving", size=len(store), version=store.version)
         return res
 
+    def _outcome(self, action: str, key_id: str, ids: Any, ok: bool, reason: str = "") -> bool:
+        """Audit hook: append one record to the store's audit trail; False when it cannot be written."""
+        if self.audit is None:
+            return False
+        try:
+            self.audit.record(action, key_id or "anonymous", [int(i) for i in ids], ok, reason)
+        except (OSError, RuntimeError) as exc:
+            self.get_logger().error(f"audit trail {self.audit.path}: {exc}")
+            self.status.count("audit_errors")
+            return False
+        if self.audit.new_flags:
+            flagged = self.audit.monitor.flagged()
+            self.get_logger().warning(f"abnormal retrieval rate of entries {[f['id'] for f in flagged][:20]}")
+            self.status.set(DiagnosticStatus.WARN, "abnormal retrieval rate", flagged=json.dumps(flagged))
+        return True
+
+    def _expire(self) -> None:
+        """Retention timer: erase entries older than store.max_age_s (same path as a removal)."""
+        try:
+            with self._lock:
+                gone = self.store.expire(self.cfg.store.max_age_s) if self.store is not None else []
+        except (ValueError, RuntimeError, NotImplementedError) as exc:
+            self.get_logger().error(f"retention: {exc}")
+            self._outcome("expire", "retention", [], False, str(exc))
+            return
+        if len(gone):
+            self._outcome("expire", "retention", gone, True, f"older than {self.cfg.store.max_age_s:g} s")
+
     def destroy_node(self) -> None:
         if self.store is not None:
             with self._lock:
                 self.store.close()
             self.store = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
         super().destroy_node()
 
 

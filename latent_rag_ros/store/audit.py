@@ -136,6 +136,8 @@ def audit_path_for(store: str | os.PathLike, configured: str = "") -> Path:
         return p / "audit.log"
     if p.suffix == ".log" or p.suffix == ".jsonl":
         return p
+    if p.suffix == ".db":  # Milvus Lite file: the trail sits next to it
+        return p.with_name(p.name + ".audit.log")
     raise ValueError(f"{store}: no audit file for this store location; set store.audit_file (--audit FILE)")
 
 
@@ -212,6 +214,13 @@ class AuditTrail:
                              "evidence, move it aside and start a new one")
         self._n, self._head = int(report["records"]), str(report["head"])
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.new_flags: list[int] = []  # entries the last retrieve record flagged for the first time
+
+    @classmethod
+    def for_store(cls, store_path: str | os.PathLike, audit_file: str = "", window_s: float = 60.0,
+                  flag_count: int = 600) -> AuditTrail:
+        """The trail of a store (``audit_file`` or audit.log in its directory) with its rate monitor."""
+        return cls(audit_path_for(store_path, audit_file), AccessMonitor(window_s, flag_count))
 
     @property
     def head(self) -> tuple[int, str]:
@@ -221,8 +230,7 @@ class AuditTrail:
     def record(self, action: str, key: str, ids: Iterable[int], ok: bool, reason: str = "") -> dict[str, Any]:
         """Append one record; retrievals also feed the abnormal-rate monitor. Returns the record."""
         id_list = sorted({int(i) for i in ids if int(i) >= 0})
-        if action == "retrieve" and ok:
-            self.monitor.retrieved(id_list, key)
+        self.new_flags = self.monitor.retrieved(id_list, key) if action == "retrieve" and ok else []
         with self._lock:
             now = float(self.clock())
             rec = {"n": self._n, "t": _iso(now), "epoch": round(now, 3), "action": str(action), "key": str(key),
