@@ -95,7 +95,6 @@ def test_sigkill_never_loses_acknowledged_entries(tmp_path: Path) -> None:
     rng = random.Random(20240611)
     acked: dict[int, str] = {}
     removed: set[int] = set()
-    t0 = time.monotonic()
     in_flight: set[int] = set()  # removals started but not acknowledged: either outcome is correct
     sizes = []
     in_recovery = 0
@@ -112,7 +111,6 @@ def test_sigkill_never_loses_acknowledged_entries(tmp_path: Path) -> None:
                 removed.add(int(parts[1]))
                 in_flight.discard(int(parts[1]))
         sizes.append(_check(path, acked, removed, in_flight))
-    elapsed = time.monotonic() - t0
     assert len(acked) > 5 * KILLS, f"writers acknowledged only {len(acked)} entries"
     assert removed, "no removal was exercised"
     # kills leave a WAL to recover; none in 20 would mean the test lost its bite
@@ -123,4 +121,3 @@ def test_sigkill_never_loses_acknowledged_entries(tmp_path: Path) -> None:
     assert s.verify()["ok"]
     s.close()
     assert _check(path, acked, removed, in_flight) == sizes[-1]
-    assert elapsed < 120, f"crash test too slow: {elapsed:.0f} s"

@@ -41,17 +41,15 @@ Latent dtype (``latent_dtype``, fixed at creation): ``float32`` (default, exact)
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import fcntl
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,28 +67,25 @@ from latent_rag_ros.store.base import (
     normalize_vectors,
     to_latent_dtype,
 )
-from latent_rag_ros.store.crypto import AeadCodec, Codec, PlainCodec, SealError, codec_for, load_key
+from latent_rag_ros.store.crypto import SealError, codec_for
 from latent_rag_ros.store.files import fsync_dir
 from latent_rag_ros.store.snapshot import read_snapshot, write_snapshot
+from latent_rag_ros.store.sqlite_db import (
+    FORMAT,
+    SCHEMA_VERSION,
+    MissingRowsError,
+    StoreDB,
+    create_db,
+    key_check,
+)
 
 LOG = logging.getLogger(__name__)
 
-FORMAT = "latent_rag_ros.store.sqlite"
-SCHEMA_VERSION = 2
 DB_NAME = "store.sqlite"
 SNAP_NAME = "index.snap"
 LOCK_NAME = "LOCK"
 LEGACY_MANIFEST = "manifest.json"
 LATENT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
-KEY_CHECK = b"latent_rag_ros store key check"
-_BATCH = 500
-_SCHEMA = """
-CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE entries(id INTEGER PRIMARY KEY, created_at REAL NOT NULL, info BLOB NOT NULL);
-CREATE INDEX entries_created ON entries(created_at);
-CREATE TABLE vectors(id INTEGER PRIMARY KEY, v BLOB NOT NULL);
-CREATE TABLE latents(id INTEGER PRIMARY KEY, w BLOB NOT NULL);
-"""
 
 
 class _Grow:
@@ -168,24 +163,9 @@ class FaissStore(VectorStore):
                 "dim": dim, "num_ws": num_ws, "w_dim": w_dim, "latent_dtype": latent_dtype, "metric": "cosine",
                 "built_with": dict(built_with or {}), "seq": 0, "next_id": 0, "index_params": params.to_dict(),
                 "encryption": codec.scheme, "key_id": codec.key_id,
-                "key_check": codec.seal(f"{uuid}|key_check".encode(), KEY_CHECK).hex(),
+                "key_check": key_check(codec, uuid),
             }
-            tmp = root / (DB_NAME + ".tmp")
-            for p in root.glob(DB_NAME + ".tmp*"):
-                p.unlink()
-            con = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                con.executescript(_SCHEMA)
-                con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-            finally:
-                con.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, root / DB_NAME)  # the store exists only once it is complete
-            fsync_dir(root)
+            create_db(root / DB_NAME, meta)  # the store exists only once it is complete
         finally:
             os.close(lock_fd)
         return cls(root, index=index, key_file=key_file, **opts)
@@ -214,7 +194,7 @@ class FaissStore(VectorStore):
         self._closed = False
         self._broken: BaseException | None = None
         self._lock_fd = -1
-        self._con: sqlite3.Connection | None = None
+        self._db: StoreDB | None = None
         if not self.db_path.is_file():
             if (self.path / LEGACY_MANIFEST).exists():
                 raise legacy_error(self.path)
@@ -223,58 +203,20 @@ class FaissStore(VectorStore):
         try:
             if not self.read_only:
                 self._lock_fd = _lock(self.path)
-            self._connect()
-            assert self._con is not None
-            with self._sql("begin"):
-                self._con.execute("BEGIN")  # one read snapshot for the whole load, even while a writer commits
-            try:
+            self._db = StoreDB(self.db_path, self.read_only)
+            with self._db.read_snapshot():  # one read view for the whole load, even while a writer commits
                 snap_dead = self._load(verify, index, key_file)
-            finally:
-                self._con.execute("ROLLBACK")
             if not self.read_only:  # finish an erasure a crash interrupted: old page images, stale snapshot
                 self._erase_from_disk(rewrite_snapshot=snap_dead)
         except BaseException:
             self.close()
             raise
 
-    def _connect(self) -> None:
-        with self._sql("open"):
-            if self.read_only:
-                con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
-                                      check_same_thread=False, timeout=30)
-            else:
-                con = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
-                con.execute("PRAGMA journal_mode=WAL")
-            self._con = con
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("PRAGMA secure_delete=ON")
-
-    @contextlib.contextmanager
-    def _sql(self, what: str) -> Iterator[None]:
-        """Turn SQLite failures into StoreCorruptError (damaged file) or StoreError naming the file."""
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            msg = str(exc)
-            if any(s in msg for s in ("malformed", "not a database", "disk image", "no such table", "file is not")):
-                raise StoreCorruptError(str(self.db_path), f"{what}: {msg}") from None
-            raise StoreError(f"{self.db_path}: {what}: {msg}") from None
-
-    def _aad(self, table: str, id_: int) -> bytes:
-        return f"{self._uuid}|{table}|{id_}".encode()
-
-    def _unseal(self, table: str, id_: int, blob: bytes) -> bytes:
-        try:
-            return self._codec.open(self._aad(table, id_), blob)
-        except SealError as exc:
-            raise StoreCorruptError(str(self.db_path), f"{table} row {id_}: {exc}") from None
-
     def _load(self, verify: str, index_over: dict[str, Any] | None, key_file: str | os.PathLike | None) -> bool:
         """Read meta, entries and the index; True when the snapshot still holds removed entries."""
-        assert self._con is not None
         db = str(self.db_path)
-        with self._sql("reading the store"):
-            meta = {k: json.loads(v) for k, v in self._con.execute("SELECT key, value FROM meta")}
+        assert self._db is not None
+        meta = self._db.meta()
         if meta.get("format") != FORMAT:
             raise StoreCorruptError(db, "not a latent_rag_ros store (meta.format missing or wrong)")
         if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
@@ -286,27 +228,14 @@ class FaissStore(VectorStore):
             self._uuid = str(meta["store_uuid"])
             self._seq, self._next_id = int(meta["seq"]), int(meta["next_id"])
             params = IndexParams.from_dict({**(meta.get("index_params") or {}), **(index_over or {})})
-            scheme, stored_kid = meta["encryption"], meta["key_id"]
-            check = bytes.fromhex(meta["key_check"])
+            if not (isinstance(meta["encryption"], str) and isinstance(meta["key_id"], str)):
+                raise ValueError("encryption/key_id are not strings")
+            bytes.fromhex(meta["key_check"])
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreCorruptError(db, f"meta table is missing or has invalid fields ({exc})") from None
         self._meta = meta
-        self._codec = self._open_codec(scheme, stored_kid, check, key_file)
-
-        ids: list[int] = []
-        labels: list[str] = []
-        names: list[str] = []
-        with self._sql("reading entries"):
-            for id_, blob in self._con.execute("SELECT id, info FROM entries ORDER BY id"):
-                info = self._unseal("entries", id_, blob)
-                try:
-                    label, name = json.loads(info)
-                except (ValueError, TypeError):
-                    raise StoreCorruptError(db, f"entries row {id_}: undecodable label/name") from None
-                ids.append(id_)
-                labels.append(str(label))
-                names.append(str(name))
-        live = np.asarray(ids, dtype=np.int64)
+        self._codec = self._db.open_codec(meta, key_file, self.path)
+        live, labels, names = self._db.entries()
         if len(live) and live[-1] >= self._next_id:
             raise StoreCorruptError(db, f"entry id {live[-1]} is not below meta.next_id {self._next_id}")
 
@@ -343,30 +272,6 @@ class FaissStore(VectorStore):
             self._check_rows(live)
         return snap is not None and not snap[1].all()
 
-    def _open_codec(self, scheme: str, stored_kid: str, check: bytes, key_file: str | os.PathLike | None) -> Codec:
-        db = self.db_path
-        if scheme == "none":
-            if key_file:
-                raise StoreError(f"{db}: this store is not encrypted, but a key file was given ({key_file}); "
-                                 "encrypt it with `latent-rag store rekey --new-key-file KEY` or drop the key")
-            codec: Codec = PlainCodec()
-        elif scheme == AeadCodec.scheme:
-            if not key_file:
-                raise StoreError(f"{db}: this store is encrypted (key id {stored_kid}); give its key file "
-                                 "(store.key_file in the config, or --key-file)")
-            codec = AeadCodec(load_key(key_file, self.path))
-            if codec.key_id != stored_kid:
-                raise StoreError(f"{db}: wrong key: {key_file} has key id {codec.key_id}, this store was encrypted "
-                                 f"with key id {stored_kid}")
-        else:
-            raise StoreError(f"{db}: unknown encryption scheme {scheme!r}")
-        try:
-            if codec.open(f"{self._uuid}|key_check".encode(), check) != KEY_CHECK:
-                raise SealError("key check value differs")
-        except SealError as exc:
-            raise StoreError(f"{db}: the key check fails ({exc}): wrong key, or the meta table was altered") from None
-        return codec
-
     def _load_snapshot(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(slot ids, alive) from a snapshot that matches the store, or None (then the index is rebuilt)."""
         p = self.path / SNAP_NAME
@@ -398,41 +303,14 @@ class FaissStore(VectorStore):
             self._index.add(vec, alive)
 
     def _read_rows(self, table: str, ids: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """Unsealed rows of ``table`` for ``ids`` (in that order) as an array ``[len(ids), *shape]``."""
-        assert self._con is not None
-        col = "v" if table == "vectors" else "w"
-        uniq, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
-        if len(uniq) != len(ids):  # repeated ids: read each once
-            return self._read_rows(table, uniq, dtype, shape)[inverse]
-        out = np.empty((len(ids), *shape), dtype=dtype)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        ids_l = [int(i) for i in ids]
-        if not ids_l:
-            return out
-        pos = {id_: i for i, id_ in enumerate(ids_l)}
-        with self._sql(f"reading {table}"):
-            if len(ids_l) > 4 * _BATCH and ids_l == sorted(ids_l):
-                rows: Iterator[tuple[int, bytes]] = iter(self._con.execute(
-                    f"SELECT id, {col} FROM {table} WHERE id BETWEEN ? AND ? ORDER BY id", (ids_l[0], ids_l[-1])))
-            else:
-                rows = (r for s in range(0, len(ids_l), _BATCH) for r in self._con.execute(
-                    f"SELECT id, {col} FROM {table} WHERE id IN ({','.join('?' * len(ids_l[s: s + _BATCH]))})",
-                    ids_l[s: s + _BATCH]))
-            found = 0
-            for id_, blob in rows:
-                i = pos.get(id_)
-                if i is None:
-                    continue
-                data = self._unseal(table, id_, blob)
-                if len(data) != nbytes:
-                    raise StoreCorruptError(str(self.db_path), f"{table} row {id_}: {len(data)} bytes, "
-                                            f"expected {nbytes}")
-                out[i] = np.frombuffer(data, dtype=dtype).reshape(shape)
-                found += 1
-        if found != len(ids_l):
-            raise StoreCorruptError(str(self.db_path), f"{table}: {len(ids_l) - found} of the requested rows "
-                                    "are missing")
-        return out
+        assert self._db is not None
+        try:
+            return self._db.read_rows(table, ids, dtype, shape)
+        except MissingRowsError:
+            if self.read_only:  # a writer removed them after this read-only view was opened
+                raise ValueError(f"{self.path}: entries were removed since this read-only view was opened; "
+                                 "reopen the store") from None
+            raise
 
     def _check_rows(self, live: np.ndarray) -> None:
         """Unseal every vector and latent row (tags/digests) and check both tables cover the entries."""
@@ -440,9 +318,8 @@ class FaissStore(VectorStore):
                                     ("latents", self._dtype, (self._num_ws, self._w_dim))):
             for s in range(0, len(live), 20_000):
                 self._read_rows(table, live[s: s + 20_000], dtype, shape)
-            assert self._con is not None
-            with self._sql(f"counting {table}"):
-                (n,) = self._con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+            assert self._db is not None
+            n = self._db.count(table)
             if n != len(live):
                 raise StoreCorruptError(str(self.db_path), f"{table} holds {n} rows for {len(live)} entries")
 
@@ -496,22 +373,6 @@ class FaissStore(VectorStore):
         return posc
 
     # ------------------------------------------------------------------ writes
-    def _commit(self, what: str, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        """Run statements in one IMMEDIATE transaction with the next sequence number; durable on return."""
-        assert self._con is not None
-        con = self._con
-        with self._sql(what):
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in statements:
-                    con.executemany(sql, rows)
-                con.execute("UPDATE meta SET value=? WHERE key='seq'", (json.dumps(self._seq + 1),))
-                con.execute("UPDATE meta SET value=? WHERE key='next_id'", (json.dumps(self._next_id),))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-
     def add(
         self,
         vectors: Any,
@@ -530,22 +391,11 @@ class FaissStore(VectorStore):
                     other = int(self._slot_ids.view[self._name_slot[nm]])
                     raise ValueError(f"names: {nm!r} is already in the store (id {other})")
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-            now = float(self.clock())
-            seal = self._codec.seal
-            entries, vecs, lats = [], [], []
-            for i, id_ in enumerate(ids.tolist()):
-                entries.append((id_, now, seal(self._aad("entries", id_), json.dumps([labels[i], names[i]]).encode())))
-                vecs.append((id_, seal(self._aad("vectors", id_), v[i].tobytes())))
-                lats.append((id_, seal(self._aad("latents", id_), w_store[i].tobytes())))
-            next_before = self._next_id
+            assert self._db is not None
+            self._db.insert(ids.tolist(), float(self.clock()),
+                            [json.dumps([lb, nm]).encode() for lb, nm in zip(labels, names)], v, w_store,
+                            {"seq": self._seq + 1, "next_id": int(ids[-1]) + 1})
             self._next_id = int(ids[-1]) + 1
-            try:
-                self._commit("add", [("INSERT INTO entries VALUES (?, ?, ?)", entries),
-                                     ("INSERT INTO vectors VALUES (?, ?)", vecs),
-                                     ("INSERT INTO latents VALUES (?, ?)", lats)])
-            except BaseException:
-                self._next_id = next_before
-                raise
             try:
                 first = self._slot_ids.n
                 self._slot_ids.extend(ids)
@@ -574,8 +424,8 @@ class FaissStore(VectorStore):
             if len(q) == 0:
                 return
             slots = self._lookup(q)
-            rows = [(int(i),) for i in q]
-            self._commit("remove", [(f"DELETE FROM {t} WHERE id=?", rows) for t in ("entries", "vectors", "latents")])
+            assert self._db is not None
+            self._db.delete([int(i) for i in q], {"seq": self._seq + 1})
             self._seq += 1
             self._alive.view[slots] = False
             self._index.scrub(slots)
@@ -598,10 +448,8 @@ class FaissStore(VectorStore):
         with self._lock:
             self._check_open(write=True)
             cutoff = (self.clock() if now is None else now) - float(max_age_s)
-            assert self._con is not None
-            with self._sql("retention"):
-                old = np.asarray([r[0] for r in self._con.execute(
-                    "SELECT id FROM entries WHERE created_at < ? ORDER BY id", (cutoff,))], dtype=np.int64)
+            assert self._db is not None
+            old = self._db.ids_older_than(cutoff)
             if len(old):
                 self.remove(old)
             return old
@@ -611,21 +459,18 @@ class FaissStore(VectorStore):
         with self._lock:
             self._check_open()
             q = self._slot_ids.view[self._lookup(ids)]
-            assert self._con is not None
-            with self._sql("reading entries"):
-                got = dict(self._con.execute(
-                    f"SELECT id, created_at FROM entries WHERE id IN ({','.join('?' * len(q))})", q.tolist()))
+            assert self._db is not None
+            got = self._db.created_at(q.tolist())
             return np.asarray([got[int(i)] for i in q], dtype=np.float64)
 
     def _checkpoint(self) -> bool:
         """Copy the WAL into the database and truncate it (old page images gone); False when readers block it."""
-        assert self._con is not None
-        with self._sql("checkpoint"):
-            busy, _, _ = self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
+        assert self._db is not None
+        clean = self._db.checkpoint()
+        if not clean:
             LOG.warning("%s: a reader blocks the WAL checkpoint; removed bytes stay in %s-wal until the next one",
                         self.db_path, DB_NAME)
-        return not busy
+        return clean
 
     def _erase_from_disk(self, rewrite_snapshot: bool) -> None:
         self._checkpoint()
@@ -677,11 +522,10 @@ class FaissStore(VectorStore):
                 self._index = new_index
                 self._alive_version += 1
             self._write_snapshot()
-            assert self._con is not None
+            assert self._db is not None
             vacuumed = False
             if purge:
-                with self._sql("vacuum"):
-                    self._con.execute("VACUUM")
+                self._db.vacuum()
                 vacuumed = True
             clean = self._checkpoint()
             return {"purged": int(dead) if purge else 0, "slots": self._slot_ids.n, "snapshot": self._snap_slots > 0,
@@ -699,29 +543,9 @@ class FaissStore(VectorStore):
             (self.path / SNAP_NAME).unlink(missing_ok=True)
             fsync_dir(self.path)
             self._snap_slots = 0
-            assert self._con is not None
-            con = self._con
-            count = 0
-            with self._sql("rekey"):
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    for table, col in (("entries", "info"), ("vectors", "v"), ("latents", "w")):
-                        all_ids = [r[0] for r in con.execute(f"SELECT id FROM {table} ORDER BY id")]
-                        for s in range(0, len(all_ids), _BATCH):
-                            part = all_ids[s: s + _BATCH]
-                            rows = con.execute(f"SELECT id, {col} FROM {table} WHERE id BETWEEN ? AND ?",
-                                               (part[0], part[-1])).fetchall()
-                            con.executemany(f"UPDATE {table} SET {col}=? WHERE id=?",
-                                            [(new.seal(self._aad(table, i), self._unseal(table, i, b)), i)
-                                             for i, b in rows])
-                            count += len(rows)
-                    upd = {"encryption": new.scheme, "key_id": new.key_id,
-                           "key_check": new.seal(f"{self._uuid}|key_check".encode(), KEY_CHECK).hex()}
-                    con.executemany("UPDATE meta SET value=? WHERE key=?", [(json.dumps(v), k) for k, v in upd.items()])
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+            assert self._db is not None
+            count = self._db.reseal_all(new)
+            upd = {"encryption": new.scheme, "key_id": new.key_id}
             old_id = self._codec.key_id
             self._codec = new
             self._meta.update(upd)
@@ -806,18 +630,14 @@ class FaissStore(VectorStore):
             self._check_open()
             errors: list[str] = []
             files: dict[str, str] = {}
-            assert self._con is not None
+            assert self._db is not None
             try:
-                with self._sql("integrity check"):
-                    res = [r[0] for r in self._con.execute("PRAGMA integrity_check")]
+                res = self._db.integrity()
                 if res != ["ok"]:
                     raise StoreCorruptError(str(self.db_path), "; ".join(res[:5]))
-                with self._sql("reading entries"):
-                    live = np.asarray([r[0] for r in self._con.execute("SELECT id FROM entries ORDER BY id")],
-                                      np.int64)
-                    for id_, blob in self._con.execute("SELECT id, info FROM entries"):
-                        self._unseal("entries", id_, blob)
-                self._check_rows(live)
+                with self._db.read_snapshot():
+                    live = self._db.entries()[0]
+                    self._check_rows(live)
                 if not self.read_only and not np.array_equal(live, self._slot_ids.view[self._alive.view]):
                     errors.append(f"{self.db_path}: entries differ from the entries in memory")
                 files[DB_NAME] = "ok"
@@ -844,12 +664,9 @@ class FaissStore(VectorStore):
             if self._closed:
                 return
             self._closed = True
-            if self._con is not None:
-                try:
-                    self._con.close()
-                except sqlite3.Error as exc:  # pragma: no cover - nothing is pending: every write committed
-                    LOG.warning("%s: close: %s", self.db_path, exc)
-                self._con = None
+            if self._db is not None:
+                self._db.close()
+                self._db = None
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = -1
