@@ -230,6 +230,14 @@ def cmd_bench_store(args: argparse.Namespace) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     shape = tuple(int(x) for x in args.latent_shape.lower().split("x"))
+    if args.compare_encryption:
+        from latent_rag_ros.store.bench import bench_encryption
+
+        pair = [bench_encryption(n, args.dim, args.queries, shape if n < 1_000_000 else (1, 8),  # type: ignore[arg-type]
+                                 args.latent_dtype, args.workdir, data_model=args.data) for n in sizes]
+        if args.out:
+            Path(args.out).write_text(json.dumps({"compare_encryption": pair}, indent=1))
+        return 0
     with tempfile.TemporaryDirectory(prefix="latent_rag_key_") as keydir:  # a key apart from the stores
         key = None
         if args.encrypt:
@@ -354,6 +362,8 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.add_argument("--data", choices=["structured", "isotropic"], default="structured",
                    help="synthetic data model (see latent_rag_ros/store/bench.py)")
     p.add_argument("--encrypt", action="store_true", help="encrypt the stores at rest (a temporary key)")
+    p.add_argument("--compare-encryption", action="store_true",
+                   help="encrypted vs unencrypted copies of one store, measured interleaved")
     p.add_argument("--fp16-cost", action="store_true", help="also measure the fp16 W+ identity cost (config models)")
     p.add_argument("--out", default=None, help="write the report as JSON")
     p.set_defaults(func=_guard(cmd_bench_store))

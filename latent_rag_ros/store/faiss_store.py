@@ -34,6 +34,10 @@ Integrity: a damaged SQLite file raises :class:`StoreCorruptError` naming ``stor
 value read is checked by its tag/digest (``verify="full"`` on open checks all of them, ``"size"``
 only what opening needs); ``verify()`` also runs ``PRAGMA integrity_check``.
 
+Size: this module is ~700 lines on purpose: one class keeps the in-memory slots, the index and
+the database consistent under one lock (SQL lives in store/sqlite_db.py, sealing in
+store/crypto.py, the snapshot format in store/snapshot.py, the index policy in store/ann.py).
+
 Latent dtype (``latent_dtype``, fixed at creation): ``float32`` (default, exact) or ``float16``
 (half the disk; relative error <= 4.9e-4 per value; the identity cost is measured with
 ``latent-rag bench store --fp16-cost``).
