@@ -263,6 +263,9 @@ def test_open_errors_mismatch_and_single_writer(tmp_path: Path) -> None:
             open_store(tmp_path / "m", **kwargs)
     # the matching expectation opens (and the failed opens released the lock)
     open_store(tmp_path / "m", create=True, dim=D, num_ws=L, w_dim=C, built_with={"reid": "osnet"}).close()
+    with pytest.raises(TypeError, match="compact_wal_bytes"):  # an option of the old format: nothing written
+        FaissStore.create(tmp_path / "typo", D, L, C, compact_wal_bytes=1)
+    assert not (tmp_path / "typo" / "store.sqlite").exists()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "photo.jpg").write_bytes(b"x")
     with pytest.raises(StoreError, match="not empty"):

@@ -147,6 +147,9 @@ class FaissStore(VectorStore):
         """Create an empty store directory (encrypted when ``key_file`` is given) and open it for writing."""
         dim, num_ws, w_dim = check_dims(dim, num_ws, w_dim)
         params = IndexParams.from_dict(index)
+        unknown = sorted(set(opts) - {"read_only", "verify", "snapshot_min", "purge_fraction", "clock"})
+        if unknown:  # before anything is written
+            raise TypeError(f"unknown store option(s) {unknown}")
         if latent_dtype not in LATENT_DTYPES:
             raise ValueError(f"latent_dtype must be one of {sorted(LATENT_DTYPES)}, got {latent_dtype!r}")
         root = Path(path).expanduser()
