@@ -35,14 +35,15 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
 def cmd_run(args: argparse.Namespace) -> int:
     """Start detector, protector, egress (and store) as processes until SIGINT/SIGTERM."""
     from latent_rag_ros.config import default_config_path
-    from latent_rag_ros.nodes.graph import run_graph
+    from latent_rag_ros.nodes.graph import Respawn, run_graph
 
     cfg = config_from_args(args)  # validate before starting anything
     overrides = parse_overrides(args.set)
     if args.camera_topic:
         overrides["ros.camera_topic"] = args.camera_topic
     del cfg
-    return run_graph(args.config or str(default_config_path() or ""), args.with_store, overrides)
+    return run_graph(args.config or str(default_config_path() or ""), args.with_store, overrides,
+                     Respawn(max_retries=max(0, args.respawn_max_retries), delay=max(0.0, args.respawn_delay)))
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--with-store", action="store_true", help="also start a local store_node")
     p.add_argument("--camera-topic", default="", help="camera topic (default from config)")
+    p.add_argument("--respawn-max-retries", type=int, default=5,
+                   help="restart a node that dies up to N times (backoff from --respawn-delay); 0: stop the graph")
+    p.add_argument("--respawn-delay", type=float, default=1.0, help="seconds before the first restart (doubles)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("protect", help="protect a folder of crops or the people in a video (no ROS)")

@@ -124,6 +124,10 @@ class RosConfig:
     service_timeout_s: float = 2.0
     status_period_s: float = 1.0
     max_queue: int = 2                # crop batches waiting for the protector (latest wins)
+    camera_transport: str = "raw"  # raw: Image on camera_topic; compressed: CompressedImage on <topic>/compressed
+    max_frame_pixels: int = 16_777_216  # larger frames (width*height) are rejected before conversion
+    max_frame_bytes: int = 67_108_864   # larger image payloads (raw or compressed) are rejected
+    max_frame_age_s: float = 0.0      # frames older than this when a worker takes them are dropped (0: off)
 
 
 @dataclass
@@ -159,6 +163,7 @@ _CHOICES: dict[str, set[str]] = {
     "detector.kind": {"hog", "onnx"},
     "ros.camera_qos.reliability": {"reliable", "best_effort"},
     "ros.output_qos.reliability": {"reliable", "best_effort"},
+    "ros.camera_transport": {"raw", "compressed"},
     "models.reid": {"deepsort_mobilenetv2", "bagtricks", "agw", "torchreid"},
 }
 
@@ -183,6 +188,8 @@ def _validate(cfg: Config) -> None:
         (cfg.ros.service_timeout_s > 0, "ros.service_timeout_s must be > 0"),
         (cfg.ros.status_period_s > 0, "ros.status_period_s must be > 0"),
         (cfg.ros.max_queue >= 1, "ros.max_queue must be >= 1"),
+        (cfg.ros.max_frame_pixels >= 1 and cfg.ros.max_frame_bytes >= 1, "ros.max_frame_pixels/bytes must be >= 1"),
+        (cfg.ros.max_frame_age_s >= 0, "ros.max_frame_age_s must be >= 0 (0: off)"),
         (cfg.ros.camera_qos.depth >= 1 and cfg.ros.output_qos.depth >= 1, "QoS depth must be >= 1"),
         (cfg.detector.upscale > 0, "detector.upscale must be > 0"),
         (cfg.detector.max_crops >= 1, "detector.max_crops must be >= 1"),

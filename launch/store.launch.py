@@ -19,14 +19,18 @@ def generate_launch_description() -> LaunchDescription:
     default_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
                                      os.path.join(share, "config", "fastdds_large_images.xml"))
     config = LaunchConfiguration("config_file")
+    # a node that dies (e.g. a native crash) is restarted; nothing is published while it is down
+    respawn = {"respawn": LaunchConfiguration("respawn"), "respawn_delay": 2.0, "respawn_max_retries": 5}
     return LaunchDescription([
         DeclareLaunchArgument("fastdds_profile", default_value=default_profile,
                               description="Fast DDS XML profile (large shared-memory segment for images)"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+        DeclareLaunchArgument("respawn", default_value="true",
+                              description="restart a node that exits (2 s delay, at most 5 times)"),
         DeclareLaunchArgument("config_file", default_value=default_config,
                               description="latent_rag_ros parameter file (config/latent_rag.yaml)"),
         DeclareLaunchArgument("store_path", default_value="",
                               description="store directory (FAISS) or Milvus URI; empty: the config's store.path"),
-        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen",
+        Node(package="latent_rag_ros", executable="store_node", name="store_node", output="screen", **respawn,
              parameters=[config, {"config_file": config, "store.path": LaunchConfiguration("store_path")}]),
     ])

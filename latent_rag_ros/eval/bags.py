@@ -77,9 +77,17 @@ def image_message(bgr: np.ndarray, stamp_ns: int, frame_id: str = "camera", enco
 
 def message_to_bgr(msg: Any) -> np.ndarray:
     """Decode a ``sensor_msgs`` Image or CompressedImage into uint8 HxWx3 BGR (via rosbags-image)."""
-    from rosbags.image import message_to_cvimage
+    import cv2
+    from rosbags.image import ImageError, message_to_cvimage
 
-    img = np.asarray(message_to_cvimage(msg, "bgr8"))
+    try:
+        img = message_to_cvimage(msg, "bgr8")
+    except (AssertionError, ImageError, cv2.error, TypeError) as exc:  # rosbags asserts on undecodable data
+        kind = getattr(msg, "format", "") or msg.encoding
+        raise ValueError(f"undecodable {kind} image: {type(exc).__name__}") from None
+    if img is None:
+        raise ValueError("undecodable compressed image")
+    img = np.asarray(img)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img)

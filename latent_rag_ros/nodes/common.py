@@ -1,12 +1,13 @@
 """What every node shares: config from ROS parameters, QoS from config, image conversion, status.
 
-Images are converted here rather than with cv_bridge: ROS 2's cv_bridge cannot be installed from
-PyPI (the PyPI ``cv-bridge`` is a ROS 1 wheel), and the few encodings a camera sends are a reshape.
+Camera messages are converted in ``nodes.images`` (cv_bridge where importable, rosbags-image
+otherwise); this module re-exports those functions.
 """
 
 from __future__ import annotations
 
 import array
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -21,8 +22,13 @@ from sensor_msgs.msg import Image
 
 from latent_rag_ros.config import Config, ConfigError, flatten, load_config
 from latent_rag_ros.config import QosConfig as QosCfg
-
-_CHANNELS = {"bgr8": 3, "rgb8": 3, "mono8": 1, "bgra8": 4, "rgba8": 4, "8UC3": 3, "8UC1": 1}
+from latent_rag_ros.nodes.images import (  # noqa: F401 - re-exported: the nodes' one import point
+    FrameLimits,
+    bgr_to_image_fields,
+    camera_to_bgr,
+    compressed_to_bgr,
+    image_to_bgr,
+)
 
 
 def declare_config(node: Node) -> Config:
@@ -62,45 +68,16 @@ def qos_profile(q: QosCfg) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=q.depth, reliability=rel)
 
 
-def image_to_bgr(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> uint8 BGR HxWx3; raises ValueError for malformed or unsupported images."""
-    ch = _CHANNELS.get(msg.encoding)
-    if ch is None:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {sorted(_CHANNELS)})")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"empty image {w}x{h}")
-    if step < w * ch:
-        raise ValueError(f"step {step} < width*channels {w * ch}")
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    if data.size != step * h:
-        raise ValueError(f"data has {data.size} bytes, expected step*height = {step * h}")
-    img = data.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-    if ch == 1:
-        return np.repeat(img, 3, axis=2)
-    if msg.encoding in ("rgb8",):
-        return np.ascontiguousarray(img[:, :, ::-1])
-    if msg.encoding == "rgba8":
-        return np.ascontiguousarray(img[:, :, 2::-1])
-    if msg.encoding == "bgra8":
-        return np.ascontiguousarray(img[:, :, :3])
-    return np.ascontiguousarray(img)
+def frame_limits(cfg: Config) -> FrameLimits:
+    """The configured largest camera frame (``ros.max_frame_pixels``, ``ros.max_frame_bytes``)."""
+    return FrameLimits(cfg.ros.max_frame_pixels, cfg.ros.max_frame_bytes)
 
 
 def bgr_to_image(bgr: np.ndarray, header: Any = None, encoding: str = "bgr8") -> Image:
     """uint8 BGR HxWx3 -> sensor_msgs/Image (``bgr8`` or ``rgb8``)."""
-    if encoding not in ("bgr8", "rgb8"):
-        raise ValueError("encoding must be bgr8 or rgb8")
-    arr = bgr if encoding == "bgr8" else bgr[:, :, ::-1]
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    msg = Image()
+    msg = Image(**bgr_to_image_fields(bgr, encoding))
     if header is not None:
         msg.header = header
-    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(arr.shape[1] * 3)
-    msg.data = arr.tobytes()
     return msg
 
 
@@ -113,6 +90,9 @@ class NodeStatus:
         self.counters: dict[str, int] = defaultdict(int)
         self.flags: dict[str, str] = {}
         self._lat: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100))
+        # restarts: set by `latent-rag run` when it respawns a node; started_at shows any respawn
+        self.flags.update(restarts=os.environ.get("LATENT_RAG_RESTARTS", "0"),
+                          started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.level = DiagnosticStatus.OK
         self.message = "starting"
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -122,6 +102,12 @@ class NodeStatus:
         """Add ``n`` to counter ``key``."""
         with self._lock:
             self.counters[key] += n
+
+    def reject(self, key: str, reason: str) -> None:
+        """Count one rejected input under ``key`` and keep the latest reason (``last_rejection``)."""
+        with self._lock:
+            self.counters[key] += 1
+            self.flags["last_rejection"] = f"{key}: {reason[:200]}"
 
     def latency(self, stage: str, ms: float) -> None:
         """Record one latency sample of ``stage`` in milliseconds."""
@@ -160,14 +146,27 @@ class NodeStatus:
 
 
 class LatestSlot:
-    """A one-deep (or ``depth``-deep) mailbox where the newest item wins and overwritten ones are counted."""
+    """A one-deep (or ``depth``-deep) mailbox where the newest item wins and overwritten ones are counted.
 
-    def __init__(self, depth: int = 1) -> None:
-        self._items: deque[Any] = deque()
+    With ``max_age_s`` > 0, an item that waited longer than that (on ``clock``, monotonic seconds by
+    default; tests inject their own) is discarded when a consumer reaches it and counted in
+    ``stale``: under overload the queue never holds more than ``depth`` items and no processed item
+    is older than ``max_age_s``.
+    """
+
+    def __init__(self, depth: int = 1, max_age_s: float = 0.0, clock: Any = time.monotonic) -> None:
+        self._items: deque[tuple[float, Any]] = deque()
         self._depth = depth
+        self._max_age = max_age_s
+        self._clock = clock
         self._cv = threading.Condition()
         self.dropped = 0
+        self.stale = 0
         self.closed = False
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._items)
 
     def put(self, item: Any) -> bool:
         """Store ``item``; returns False if an older waiting item had to be dropped for it."""
@@ -177,16 +176,21 @@ class LatestSlot:
                 self._items.popleft()
                 self.dropped += 1
                 dropped = True
-            self._items.append(item)
+            self._items.append((self._clock(), item))
             self._cv.notify()
             return not dropped
 
     def get(self, timeout: float = 0.2) -> Any | None:
-        """Oldest waiting item, or None after ``timeout`` s (or when closed)."""
+        """Oldest waiting item that is not too old, or None after ``timeout`` s (or when closed)."""
         with self._cv:
             if not self._items and not self.closed:
                 self._cv.wait(timeout)
-            return self._items.popleft() if self._items else None
+            while self._items:
+                t, item = self._items.popleft()
+                if self._max_age <= 0 or self._clock() - t <= self._max_age:
+                    return item
+                self.stale += 1
+            return None
 
     def close(self) -> None:
         """Wake waiting consumers for shutdown."""

@@ -11,7 +11,7 @@ import threading
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
-from sensor_msgs.msg import Image, RegionOfInterest
+from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
 from latent_rag_ros.models.factory import build_detector
 from latent_rag_ros.msg import PersonCrop, PersonCrops
@@ -19,8 +19,9 @@ from latent_rag_ros.nodes.common import (
     LatestSlot,
     NodeStatus,
     bgr_to_image,
+    camera_to_bgr,
     declare_config,
-    image_to_bgr,
+    frame_limits,
     now_ms,
     qos_profile,
 )
@@ -36,20 +37,25 @@ class DetectorNode(Node):
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
         self.detector = build_detector(self.cfg)
         self.status.set(DiagnosticStatus.OK, "waiting for frames", model_loaded=True, detector=self.cfg.detector.kind)
-        self.slot = LatestSlot(1)
+        self.slot = LatestSlot(1, max_age_s=self.cfg.ros.max_frame_age_s)
         self.frame_index = 0
         self.pub = self.create_publisher(PersonCrops, self.cfg.ros.crops_topic, qos_profile(self.cfg.ros.output_qos))
+        self.limits = frame_limits(self.cfg)
+        # compressed: sensor_msgs/CompressedImage on <camera_topic>/compressed (image_transport's name)
+        compressed = self.cfg.ros.camera_transport == "compressed"
+        self.camera_topic = self.cfg.ros.camera_topic + ("/compressed" if compressed else "")
         self.sub = self.create_subscription(
-            Image, self.cfg.ros.camera_topic, self.on_image, qos_profile(self.cfg.ros.camera_qos)
+            CompressedImage if compressed else Image, self.camera_topic, self.on_image,
+            qos_profile(self.cfg.ros.camera_qos)
         )
         self._worker = threading.Thread(target=self._run, name="detector", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"detecting people on {self.cfg.ros.camera_topic} ({self.cfg.ros.camera_qos.reliability}) "
+            f"detecting people on {self.camera_topic} ({self.cfg.ros.camera_qos.reliability}) "
             f"-> {self.cfg.ros.crops_topic}"
         )
 
-    def on_image(self, msg: Image) -> None:
+    def on_image(self, msg: Image | CompressedImage) -> None:
         """Park the newest frame for the worker (older unprocessed frames are dropped)."""
         self.status.count("frames_in")
         if not self.slot.put(msg):
@@ -57,17 +63,20 @@ class DetectorNode(Node):
 
     def _run(self) -> None:
         while rclpy.ok() and not self.slot.closed:
+            stale = self.slot.stale
             msg = self.slot.get()
+            if self.slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", self.slot.stale - stale)
             if msg is not None:
                 self.process(msg)
 
-    def process(self, msg: Image) -> None:
+    def process(self, msg: Image | CompressedImage) -> None:
         """Detect people in one frame and publish their crops (bad frames are logged and skipped)."""
         self.frame_index += 1
         try:
-            frame = image_to_bgr(msg)
+            frame = camera_to_bgr(msg, self.limits)
         except ValueError as exc:
-            self.status.count("frames_invalid")
+            self.status.reject("frames_invalid", str(exc))
             self.status.set(DiagnosticStatus.WARN, f"bad camera frame: {exc}")
             self.get_logger().warning(f"bad camera frame skipped: {exc}", throttle_duration_sec=5.0)
             return
@@ -87,9 +96,12 @@ class DetectorNode(Node):
         self.status.set(DiagnosticStatus.OK, "running")
 
     def destroy_node(self) -> None:
-        # stop the worker before the publishers go away (publishing on a destroyed node aborts)
-        self.slot.close()
-        self._worker.join(timeout=10.0)
+        # stop the worker before the publishers go away (publishing on a destroyed node aborts);
+        # a node whose start-up failed has neither
+        if hasattr(self, "slot"):
+            self.slot.close()
+        if hasattr(self, "_worker"):
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
 

@@ -22,6 +22,8 @@ def egress_problem(msg: ProtectedCrop) -> str:
         return "empty protected image"
     if len(msg.image.data) != msg.image.step * msg.image.height:
         return "protected image data size does not match step*height"
+    if msg.image.encoding not in ("rgb8", "bgr8") or msg.image.step < msg.image.width * 3:
+        return f"protected image is not a complete rgb8/bgr8 image ({msg.image.encoding[:20]!r}, step {msg.image.step})"
     if len(msg.embedding) == 0:
         return "missing embedding"
     if not all(math.isfinite(v) for v in msg.embedding):
@@ -49,7 +51,7 @@ class EgressNode(Node):
         self.status.count("frames_in")
         problem = egress_problem(msg)
         if problem:
-            self.status.count("dropped_invalid")
+            self.status.reject("dropped_invalid", problem)
             self.get_logger().warning(f"not forwarded: {problem}", throttle_duration_sec=5.0)
             return
         self.pub.publish(msg)

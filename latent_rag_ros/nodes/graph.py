@@ -18,6 +18,7 @@ from typing import Any
 from latent_rag_ros.config import use_fastdds_profile
 
 ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
+RESTARTS_ENV = "LATENT_RAG_RESTARTS"   # how often this node was restarted (its /diagnostics shows it)
 
 
 def _ros_value(value: Any) -> str:
@@ -29,10 +30,31 @@ def _ros_value(value: Any) -> str:
 
 
 @dataclass
+class Respawn:
+    """Restart policy of ``latent-rag run`` (the launch files' respawn, respawn_delay, respawn_max_retries).
+
+    A node that exits is restarted after ``delay`` s, doubled after each further restart up to
+    ``max_delay``; after ``max_retries`` restarts the graph stops instead (0 = never restart).
+    """
+
+    max_retries: int = 5
+    delay: float = 1.0
+    max_delay: float = 30.0
+
+    def backoff(self, restarts: int) -> float:
+        """Wait before restart number ``restarts + 1``."""
+        return min(self.max_delay, self.delay * 2 ** restarts)
+
+
+@dataclass
 class Graph:
     """A set of running node processes."""
 
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    respawn: Respawn = field(default_factory=lambda: Respawn(max_retries=0))
+    restarts: dict[str, int] = field(default_factory=dict)
+    _launch: dict[str, tuple[list[str], dict[str, str], str | None]] = field(default_factory=dict)
+    _due: dict[str, float] = field(default_factory=dict)
 
     def start(
         self,
@@ -50,13 +72,42 @@ class Graph:
             params += ["-p", f"{k}:={_ros_value(v)}"]
         for name in nodes:
             cmd = [sys.executable, "-m", f"latent_rag_ros.nodes.{name}", "--ros-args", *params]
-            out = None
-            if log_dir:
-                os.makedirs(log_dir, exist_ok=True)
-                out = open(os.path.join(log_dir, f"{name}.log"), "w")
             child_env = use_fastdds_profile({**os.environ, **(env or {})})
-            self.procs[name] = subprocess.Popen(cmd, env=child_env, stdout=out,
-                                                stderr=subprocess.STDOUT if out else None)
+            self._launch[name] = (cmd, child_env, log_dir)
+            self.restarts.setdefault(name, 0)
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        cmd, env, log_dir = self._launch[name]
+        out = None
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            out = open(os.path.join(log_dir, f"{name}.log"), "a")
+        env = {**env, RESTARTS_ENV: str(self.restarts[name])}
+        self.procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+
+    def supervise(self, now: float | None = None) -> tuple[list[str], dict[str, int]]:
+        """Restart dead nodes per the respawn policy; returns (log lines, nodes that are dead for good)."""
+        now = time.monotonic() if now is None else now
+        lines, gone = [], {}
+        for name, p in list(self.procs.items()):
+            code = p.poll()
+            if code is None:
+                continue
+            if self.restarts[name] >= self.respawn.max_retries:
+                gone[name] = code
+                continue
+            if name not in self._due:
+                wait = self.respawn.backoff(self.restarts[name])
+                self._due[name] = now + wait
+                lines.append(f"{name} exited ({code}); restarting in {wait:.1f} s "
+                             f"({self.restarts[name] + 1}/{self.respawn.max_retries})")
+            elif now >= self._due[name]:
+                del self._due[name]
+                self.restarts[name] += 1
+                self._spawn(name)
+                lines.append(f"{name} restarted (pid {self.procs[name].pid}, restart {self.restarts[name]})")
+        return lines, gone
 
     def failed(self) -> dict[str, int]:
         """Nodes that have already exited, with their exit codes."""
@@ -78,9 +129,13 @@ class Graph:
         return codes
 
 
-def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, Any] | None = None) -> int:
-    """``latent-rag run``: start the graph and wait until SIGINT/SIGTERM or a node dies."""
-    graph = Graph()
+def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, Any] | None = None,
+              respawn: Respawn | None = None) -> int:
+    """``latent-rag run``: start the graph, restart nodes that die (with backoff), stop on SIGINT/SIGTERM.
+
+    The graph stops with exit code 1 when a node has died more often than ``respawn.max_retries``.
+    """
+    graph = Graph(respawn=respawn or Respawn())
     stop = {"flag": False}
 
     def _handler(signum: int, _frame: Any) -> None:
@@ -93,9 +148,12 @@ def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, An
     code = 0
     try:
         while not stop["flag"]:
-            dead = graph.failed()
+            lines, dead = graph.supervise()
+            for line in lines:
+                print(f"[latent-rag run] {line}", file=sys.stderr, flush=True)
             if dead:
-                print(f"[latent-rag run] node exited: {dead}; stopping the graph", file=sys.stderr, flush=True)
+                print(f"[latent-rag run] node exited: {dead} after {graph.respawn.max_retries} restarts; "
+                      "stopping the graph", file=sys.stderr, flush=True)
                 code = 1
                 break
             time.sleep(0.2)

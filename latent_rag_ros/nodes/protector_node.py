@@ -20,18 +20,34 @@ from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.core.protector import Protector, resolve_device
 from latent_rag_ros.core.retrieval import Retrieved
 from latent_rag_ros.models.factory import build_models
-from latent_rag_ros.msg import PersonCrops, ProtectedCrop
+from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import (
+    FrameLimits,
     LatestSlot,
     NodeStatus,
     bgr_to_image,
     declare_config,
     f32_array,
+    frame_limits,
     image_to_bgr,
     now_ms,
     qos_profile,
 )
 from latent_rag_ros.srv import RetrieveLatents
+
+MAX_LABEL_CHARS = 256   # identity labels longer than this are refused (they travel off the robot)
+
+
+def crop_to_bgr(crop: PersonCrop, limits: FrameLimits) -> np.ndarray:
+    """A PersonCrop's image as BGR after checking it is consistent; ValueError says what is wrong."""
+    box, img = crop.box, crop.image
+    if (box.width, box.height) != (img.width, img.height):
+        raise ValueError(f"box {box.width}x{box.height} does not match the crop image {img.width}x{img.height}")
+    if box.x_offset + box.width > 1 << 31 or box.y_offset + box.height > 1 << 31:
+        raise ValueError(f"box at ({box.x_offset}, {box.y_offset}) lies outside any frame")
+    if len(crop.label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label of {len(crop.label)} characters, above {MAX_LABEL_CHARS}")
+    return image_to_bgr(img, limits)
 
 
 class ProtectorNode(Node):
@@ -55,7 +71,8 @@ class ProtectorNode(Node):
         self.client = self.create_client(RetrieveLatents, self.cfg.ros.retrieve_service)
         self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
                                          qos_profile(self.cfg.ros.output_qos))
-        self.slot = LatestSlot(self.cfg.ros.max_queue)
+        self.limits = frame_limits(self.cfg)
+        self.slot = LatestSlot(self.cfg.ros.max_queue, max_age_s=self.cfg.ros.max_frame_age_s)
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
                                             qos_profile(self.cfg.ros.output_qos))
         self._worker = threading.Thread(target=self._run, name="protector", daemon=True)
@@ -80,7 +97,10 @@ class ProtectorNode(Node):
 
     def _run(self) -> None:
         while rclpy.ok() and not self.slot.closed:
+            stale = self.slot.stale
             msg = self.slot.get()
+            if self.slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", self.slot.stale - stale)
             if msg is not None:
                 try:
                     self.process(msg)
@@ -125,10 +145,10 @@ class ProtectorNode(Node):
         crops, metas = [], []
         for c in msg.crops:
             try:
-                crops.append(image_to_bgr(c.image))
+                crops.append(crop_to_bgr(c, self.limits))
                 metas.append(c)
             except ValueError as exc:
-                self.status.count("crops_invalid")
+                self.status.reject("crops_invalid", str(exc))
                 self.get_logger().warning(f"bad crop skipped: {exc}", throttle_duration_sec=5.0)
         if not crops:
             return
@@ -184,9 +204,12 @@ class ProtectorNode(Node):
         self.status.latency("frame", now_ms() - t0)
 
     def destroy_node(self) -> None:
-        # stop the worker before the publishers go away (publishing on a destroyed node aborts)
-        self.slot.close()
-        self._worker.join(timeout=60.0)
+        # stop the worker before the publishers go away (publishing on a destroyed node aborts);
+        # a node whose start-up failed (e.g. a corrupt model file) has neither
+        if hasattr(self, "slot"):
+            self.slot.close()
+        if hasattr(self, "_worker"):
+            self._worker.join(timeout=60.0)
         self.protector = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -14,7 +14,7 @@ from pathlib import Path
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from latent_rag_ros.config import use_fastdds_profile
 from latent_rag_ros.msg import ProtectedCrop
@@ -22,16 +22,20 @@ from latent_rag_ros.msg import ProtectedCrop
 PROTECTED_TYPE = "latent_rag_ros/msg/ProtectedCrop"
 
 
-def _camera_messages(bag: str, topic: str | None) -> tuple[str, list[tuple[int, bytes]]]:
+CAMERA_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def _camera_messages(bag: str, topic: str | None) -> tuple[str, str, list[tuple[int, bytes]]]:
+    """(topic, message type, [(time ns, raw CDR)]) of the bag's first Image or CompressedImage topic."""
     from rosbags.highlevel import AnyReader
 
     with AnyReader([Path(bag)]) as reader:
-        conns = [c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image" and (topic in (None, c.topic))]
+        conns = [c for c in reader.connections if c.msgtype in CAMERA_TYPES and (topic in (None, c.topic))]
         if not conns:
-            raise ValueError(f"{bag}: no sensor_msgs/Image topic{' ' + topic if topic else ''}")
-        name = conns[0].topic
+            raise ValueError(f"{bag}: no sensor_msgs/Image or CompressedImage topic{' ' + topic if topic else ''}")
+        name, msgtype = conns[0].topic, conns[0].msgtype
         msgs = [(t, bytes(raw)) for c, t, raw in reader.messages(connections=[conns[0]])]
-    return name, msgs
+    return name, msgtype, msgs
 
 
 def replay_bag(
@@ -50,6 +54,9 @@ def replay_bag(
 ) -> dict[str, float]:
     """Publish the bag's frames at ``rate`` x recorded speed; record what arrives on ``egress_topic``.
 
+    A CompressedImage camera topic is played on ``<camera_topic>/compressed`` (image_transport's
+    name; the detector listens there with ``ros.camera_transport: compressed``).
+
     Waits for the graph before playing (a camera subscriber, an egress publisher, and a subscriber
     on each of ``wait_subscribed``: the protector subscribes to the crops only once its models are
     loaded). After the last frame it waits up to ``first_wait_s`` for the first output, then until
@@ -57,7 +64,9 @@ def replay_bag(
     """
     from latent_rag_ros.eval.bags import BagRecorder
 
-    src_topic, frames = _camera_messages(bag_in, source_topic)
+    src_topic, src_type, frames = _camera_messages(bag_in, source_topic)
+    compressed = src_type.endswith("CompressedImage")
+    camera_topic = camera_topic + "/compressed" if compressed else camera_topic
     own_init = not rclpy.ok()
     if own_init:
         use_fastdds_profile()  # whole camera frames over shared memory (see config/fastdds_large_images.xml)
@@ -72,7 +81,8 @@ def replay_bag(
             received.append((time.time_ns(), bytes(raw)))
             last_rx[0] = time.monotonic()
 
-    pub = node.create_publisher(Image, camera_topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    pub = node.create_publisher(CompressedImage if compressed else Image, camera_topic,
+                                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(ProtectedCrop, egress_topic, on_protected, 100, raw=True)
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)

@@ -6,9 +6,10 @@ about 1 ms at 1M entries, see store/ann.py), and adds are acknowledged only once
 malformed request gets ok=false and a message; no request returns more than ``store.max_m`` codes,
 so a client cannot dump the store, and ``store.rate_limit_hz`` bounds how often each client (by its
 declared name) may ask. A request that names its generator or re-ID model is refused unless the
-store was built for those models. Every retrieve/add (and retention expiry) goes through
-``_outcome`` into the store's hash-chained audit trail (store/audit.py); a retrieval whose record
-cannot be written returns nothing. Entries retrieved at an abnormal rate are flagged in the status.
+store was built for those models. Every retrieve/add, refused ones too (and retention expiry), goes
+through ``_outcome`` into the store's hash-chained audit trail (store/audit.py); a retrieval whose
+record cannot be written returns nothing. Entries retrieved at an abnormal rate are flagged in the
+status.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from latent_rag_ros.srv import AddIdentities, RetrieveLatents
 from latent_rag_ros.store.audit import AuditTrail
 from latent_rag_ros.store.base import model_mismatch
 from latent_rag_ros.store.rate_limit import RateLimiter
+
+MAX_LABEL_CHARS = 256   # longest identity label an add may store
 
 
 class StoreNode(Node):
@@ -70,47 +73,57 @@ class StoreNode(Node):
         self.status.set(DiagnosticStatus.OK, "serving", store_loaded=True, size=len(self.store),
                         version=self.store.version)
 
+    def _refuse(self, res: Any, reason: str, key: str = "errors") -> Any:
+        """Answer ok=false with ``reason``, count it under ``key`` and log it (throttled)."""
+        res.ok = False
+        res.message = reason
+        self.status.reject(key, reason)
+        self.get_logger().warning(f"request refused: {reason}", throttle_duration_sec=5.0)
+        return res
+
     def on_retrieve(self, req: RetrieveLatents.Request, res: RetrieveLatents.Response) -> RetrieveLatents.Response:
+        """Answer one retrieval; any unexpected failure becomes ok=false (the service never dies)."""
+        try:
+            res = self._retrieve(req, res)
+        except Exception as exc:  # noqa: BLE001 - fail safe: a reply without codes, the node keeps serving
+            res = self._refuse(RetrieveLatents.Response(), f"internal error: {type(exc).__name__}: {exc}")
+        if not self._outcome("retrieve", req.client, res.ids if res.ok else [], res.ok, res.message) and res.ok:
+            return self._refuse(RetrieveLatents.Response(), "audit trail unavailable: nothing is served unaudited")
+        return res
+
+    def on_add(self, req: AddIdentities.Request, res: AddIdentities.Response) -> AddIdentities.Response:
+        """Answer one add; any unexpected failure becomes ok=false (nothing acknowledged, node keeps serving)."""
+        try:
+            res = self._add(req, res)
+        except Exception as exc:  # noqa: BLE001 - fail safe: not acknowledged, the node keeps serving
+            res = self._refuse(AddIdentities.Response(), f"add failed: {type(exc).__name__}: {exc}")
+        self._outcome("add", getattr(req, "client", ""), res.ids if res.ok else [], res.ok, res.message)
+        return res
+
+    def _retrieve(self, req: RetrieveLatents.Request, res: RetrieveLatents.Response) -> RetrieveLatents.Response:
         """Eq. 1-2 for one identity vector, with the query's own entry (and optionally label) excluded."""
         t0 = now_ms()
         self.status.count("requests")
         res.ok = False
         if self.store is None:
-            res.message = self.open_error
-            self.status.count("errors")
-            return res
+            return self._refuse(res, self.open_error)
         if not self.limiter.allow(req.client or "anonymous"):
-            res.message = f"rate limit: client {req.client or 'anonymous'!r} is above {self.limiter.rate:g} requests/s"
-            self.status.count("rate_limited")
-            self._outcome("retrieve", req.client, [], False, res.message)
-            return res
+            return self._refuse(res, f"rate limit: client {req.client[:80] or 'anonymous'!r} is above "
+                                f"{self.limiter.rate:g} requests/s", "rate_limited")
         mismatch = model_mismatch(self.store.built_with, {"generator": req.generator, "reid": req.reid},
                                   f"store {self.cfg.store.path!r}")
         if mismatch:
-            res.message = mismatch
-            self.status.count("errors")
-            self._outcome("retrieve", req.client, [], False, res.message)
-            return res
+            return self._refuse(res, mismatch)
         m = int(req.m)
         if m < 1 or m > self.cfg.store.max_m:
-            res.message = f"m={m} out of range 1..{self.cfg.store.max_m}"
-            self.status.count("errors")
-            self._outcome("retrieve", req.client, [], False, res.message)
-            return res
+            return self._refuse(res, f"m={m} out of range 1..{self.cfg.store.max_m}")
         query = np.frombuffer(req.identity, dtype=np.float32) if len(req.identity) else np.zeros(0, np.float32)
         exclude = int(req.exclude_id) if req.exclude_id >= 0 else None
         try:
             with self._lock:
                 got = retrieve(self.store, query, m, [exclude], [req.exclude_label or None])
         except (RetrievalError, ValueError) as exc:
-            res.message = str(exc)
-            self.status.count("errors")
-            self._outcome("retrieve", req.client, [], False, str(exc))
-            return res
-        if not self._outcome("retrieve", req.client, got.ids[0], True, ""):
-            res.message = "audit trail unavailable: nothing is served unaudited"
-            self.status.count("errors")
-            return res
+            return self._refuse(res, str(exc))
         lat = got.latents[0]
         res.ok = True
         res.latents = f32_array(lat.reshape(-1))
@@ -121,13 +134,12 @@ class StoreNode(Node):
         self.status.latency("retrieve", now_ms() - t0)
         return res
 
-    def on_add(self, req: AddIdentities.Request, res: AddIdentities.Response) -> AddIdentities.Response:
+    def _add(self, req: AddIdentities.Request, res: AddIdentities.Response) -> AddIdentities.Response:
         """Append identities durably; the reply comes only after the store acknowledged them."""
         self.status.count("add_requests")
         res.ok = False
         if self.store is None:
-            res.message = self.open_error
-            return res
+            return self._refuse(res, self.open_error)
         n = int(req.count)
         store = self.store
         try:
@@ -142,14 +154,15 @@ class StoreNode(Node):
             labels = list(req.labels) or None
             if labels is not None and len(labels) != n:
                 raise ValueError(f"labels: expected {n}, got {len(labels)}")
+            if labels is not None and max(len(x) for x in labels) > MAX_LABEL_CHARS:
+                raise ValueError(f"labels: at most {MAX_LABEL_CHARS} characters each")
             with self._lock:
                 ids = store.add(vec.reshape(n, store.dim), lat.reshape(n, store.num_ws, store.w_dim), labels)
+        except OSError as exc:   # e.g. a full disk: the store rolled the add back, reads go on
+            return self._refuse(res, f"store {self.cfg.store.path!r} cannot write: {exc.strerror or exc}; nothing "
+                                "of this request was stored (free disk space, then retry)")
         except (ValueError, RuntimeError) as exc:
-            res.message = str(exc)
-            self.status.count("errors")
-            self._outcome("add", getattr(req, "client", ""), [], False, str(exc))
-            return res
-        self._outcome("add", getattr(req, "client", ""), ids, True, "")
+            return self._refuse(res, str(exc))
         res.ok = True
         res.ids = [int(i) for i in ids]
         res.store_version = store.version
@@ -186,11 +199,11 @@ class StoreNode(Node):
             self._outcome("expire", "retention", gone, True, f"older than {self.cfg.store.max_age_s:g} s")
 
     def destroy_node(self) -> None:
-        if self.store is not None:
+        if getattr(self, "store", None) is not None:
             with self._lock:
                 self.store.close()
             self.store = None
-        if self.audit is not None:
+        if getattr(self, "audit", None) is not None:
             self.audit.close()
             self.audit = None
         super().destroy_node()
