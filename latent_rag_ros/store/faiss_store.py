@@ -473,7 +473,12 @@ class FaissStore(VectorStore):
     def _checkpoint(self) -> bool:
         """Copy the WAL into the database and truncate it (old page images gone); False when readers block it."""
         assert self._db is not None
-        clean = self._db.checkpoint()
+        try:
+            clean = self._db.checkpoint()
+        except StoreError as exc:  # e.g. a full disk: committed data is safe in the WAL; retried next time
+            LOG.error("%s: WAL checkpoint failed (%s); removed bytes may stay in %s-wal until one succeeds",
+                      self.db_path, exc, DB_NAME)
+            return False
         if not clean:
             LOG.warning("%s: a reader blocks the WAL checkpoint; removed bytes stay in %s-wal until the next one",
                         self.db_path, DB_NAME)

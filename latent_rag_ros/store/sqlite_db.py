@@ -114,7 +114,8 @@ class StoreDB:
         try:
             yield
         finally:
-            self.con.execute("ROLLBACK")
+            if self.con.in_transaction:
+                self.con.execute("ROLLBACK")
 
     def meta(self) -> dict[str, Any]:
         with self.sql("reading meta"):
@@ -229,7 +230,8 @@ class StoreDB:
                 con.executemany("UPDATE meta SET value=? WHERE key=?", [(json.dumps(v), k) for k, v in meta.items()])
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
+                    con.execute("ROLLBACK")
                 raise
 
     def insert(self, ids: list[int], created_at: float, infos: list[bytes], vectors: np.ndarray,
@@ -280,7 +282,8 @@ class StoreDB:
                 con.executemany("UPDATE meta SET value=? WHERE key=?", [(json.dumps(v), k) for k, v in upd.items()])
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
+                    con.execute("ROLLBACK")
                 raise
         self.codec = new
         return count
