@@ -17,6 +17,7 @@ SHA-256) used in error messages, the audit trail and the store's metadata, never
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -86,11 +87,17 @@ class PlainCodec:
     key_id = ""
 
     def seal(self, aad: bytes, data: bytes) -> bytes:
-        return bytes(data) + hashlib.blake2b(aad + bytes(data), digest_size=DIGEST_BYTES).digest()
+        h = hashlib.blake2b(aad, digest_size=DIGEST_BYTES)
+        h.update(data)
+        return bytes(data) + h.digest()
 
-    def open(self, aad: bytes, blob: bytes) -> bytes:
-        data, tag = blob[:-DIGEST_BYTES], blob[-DIGEST_BYTES:]
-        if len(blob) < DIGEST_BYTES or hashlib.blake2b(aad + data, digest_size=DIGEST_BYTES).digest() != tag:
+    def open(self, aad: bytes, blob: bytes) -> bytes | memoryview:
+        if len(blob) < DIGEST_BYTES:
+            raise SealError("integrity digest does not match")
+        data = memoryview(blob)[:-DIGEST_BYTES]  # no copy of the value on the read path
+        h = hashlib.blake2b(aad, digest_size=DIGEST_BYTES)
+        h.update(data)
+        if not hmac.compare_digest(h.digest(), blob[-DIGEST_BYTES:]):
             raise SealError("integrity digest does not match")
         return data
 
@@ -108,9 +115,9 @@ class AeadCodec:
         nonce = secrets.token_bytes(NONCE_BYTES)
         return nonce + self._aead.encrypt(nonce, bytes(data), aad)
 
-    def open(self, aad: bytes, blob: bytes) -> bytes:
+    def open(self, aad: bytes, blob: bytes) -> bytes | memoryview:
         try:
-            return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+            return self._aead.decrypt(blob[:NONCE_BYTES], memoryview(blob)[NONCE_BYTES:], aad)
         except (InvalidTag, ValueError):
             raise SealError("authentication tag does not match (wrong key or damaged bytes)") from None
 

@@ -52,7 +52,7 @@ def write_snapshot(path: Path, codec: Codec, uuid: str, header: dict[str, Any], 
 
 def read_snapshot(path: Path, codec: Codec, uuid: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """(header, slot ids, index bytes) of a snapshot; SealError/ValueError when it does not open."""
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise ValueError("not a store snapshot (bad magic)")
@@ -78,7 +78,7 @@ def read_snapshot(path: Path, codec: Codec, uuid: str) -> tuple[dict[str, Any], 
                 break
     if len(parts) < 3:
         raise ValueError("snapshot has too few chunks")
-    header = json.loads(parts[0])
+    header = json.loads(bytes(parts[0]))
     ids = np.frombuffer(parts[1], dtype="<i8").astype(np.int64)
     body = np.frombuffer(b"".join(parts[2:]), dtype=np.uint8)
     return header, ids, body

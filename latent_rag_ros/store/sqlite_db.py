@@ -31,6 +31,7 @@ TABLES = {"entries": "info", "vectors": "v", "latents": "w"}
 _BATCH = 500
 _CORRUPT = ("malformed", "not a database", "disk image", "no such table", "file is not")
 _SCHEMA = """
+PRAGMA page_size=16384;
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE entries(id INTEGER PRIMARY KEY, created_at REAL NOT NULL, info BLOB NOT NULL);
 CREATE INDEX entries_created ON entries(created_at);
@@ -171,7 +172,7 @@ class StoreDB:
             for id_, blob in self.con.execute("SELECT id, info FROM entries ORDER BY id"):
                 info = self.unseal("entries", id_, blob)
                 try:
-                    label, name = json.loads(info)
+                    label, name = json.loads(bytes(info))
                 except (ValueError, TypeError):
                     raise StoreCorruptError(str(self.path), f"entries row {id_}: undecodable label/name") from None
                 ids.append(id_)
