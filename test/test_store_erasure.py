@@ -101,12 +101,15 @@ def test_cli_remove_by_label_and_id_is_audited(tmp_path: Path) -> None:
     assert _cli(["store", "audit", "verify", str(root)]) == 0
 
 
-def _kill_remover(path: Path, delay: float) -> list[str]:
+def _kill_remover(path: Path, delay: float, min_acked: int = 2) -> list[str]:
+    """Start the remover, wait until it acknowledged ``min_acked`` removals, then SIGKILL it ``delay`` s later."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, str(WRITER), str(path), "x", "0", "remove"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
     ready = threading.Event()
+
+    acked = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
@@ -114,10 +117,13 @@ def _kill_remover(path: Path, delay: float) -> list[str]:
             if line.startswith("READY"):
                 ready.set()
             lines.append(line)
+            if sum(x.startswith("R ") for x in lines) >= min_acked:
+                acked.set()
 
     t = threading.Thread(target=read, daemon=True)
     t.start()
     assert ready.wait(60), proc.communicate()[1][-2000:]
+    assert acked.wait(120), "the remover acknowledged no removal"  # progress, however busy the machine
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -136,7 +142,7 @@ def test_acknowledged_removal_survives_sigkill_and_leaves_no_bytes(tmp_path: Pat
     s.close()
     removed: set[int] = set()
     for run in range(5):
-        lines = _kill_remover(path, 0.05 + 0.05 * run)
+        lines = _kill_remover(path, 0.01 * run)
         removed |= {int(x.split()[1]) for x in lines if x.startswith("R ")}
         with open_store(path) as s:  # a writable open finishes any interrupted erasure
             live = set(s.ids().tolist())
