@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (report, bags, logs)")
     p.add_argument("--query-frames", type=int, default=60, help="query frames replayed through the graph")
     p.add_argument("--recovery-steps", type=int, default=300, help="recovery attacker training steps")
+    p.add_argument("--ablation-queries", type=int, default=8, help="queries of the Table IV ablations (0: none)")
     p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks (not tests)")
@@ -176,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=lambda a: __import__("latent_rag_ros.bench", fromlist=["x"]).bench_protect(a))
 
-    for module in ("latent_rag_ros.store.cli", "latent_rag_ros.eval.cli", "latent_rag_ros.training.cli"):
+    for module in ("latent_rag_ros.store.cli", "latent_rag_ros.eval.cli", "latent_rag_ros.training.cli",
+                   "latent_rag_ros.security.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -78,7 +78,7 @@ class StoreConfig:
     backend: str = "auto"             # "auto", "faiss", "milvus"
     max_m: int = 64                   # no request may return more codes than this
     max_add: int = 1024               # entries per AddIdentities call
-    rate_limit_hz: float = 0.0        # RetrieveLatents requests per second per client name; 0 = off
+    rate_limit_hz: float = 0.0        # RetrieveLatents requests per second per robot key; 0 = off
     rate_limit_burst: float = 0.0     # requests a client may make at once (0: max(1, rate_limit_hz))
     key_file: str = ""                # AES-256-GCM store key (0600, outside the store dir); "" = not encrypted
     audit_file: str = ""              # hash-chained audit trail; "" = audit.log in a store directory
@@ -121,6 +121,7 @@ class RosConfig:
     output_qos: QosConfig = field(default_factory=QosConfig)
     retrieve_service: str = "/latent_rag/retrieve_latents"
     add_service: str = "/latent_rag/add_identities"
+    remove_service: str = "/latent_rag/remove_identities"
     service_timeout_s: float = 2.0
     status_period_s: float = 1.0
     max_queue: int = 2                # crop batches waiting for the protector (latest wins)
@@ -128,6 +129,19 @@ class RosConfig:
     max_frame_pixels: int = 16_777_216  # larger frames (width*height) are rejected before conversion
     max_frame_bytes: int = 67_108_864   # larger image payloads (raw or compressed) are rejected
     max_frame_age_s: float = 0.0      # frames older than this when a worker takes them are dropped (0: off)
+    evaluation_mode: bool = False     # egress keeps label + stage timings (evaluation replays only)
+
+
+@dataclass
+class LinkConfig:
+    """The authenticated, encrypted link to the trusted store (latent_rag_ros/security, README "Security model")."""
+
+    keys_dir: str = ""                # key files (<id>.key, 0600); "" = $ROS_HOME/latent_rag_keys (~/.ros/...)
+    key_id: str = "robot"             # this robot's key (protector, relay clients)
+    admin_key_id: str = "admin"       # the administrator key (AddIdentities, RemoveIdentities)
+    max_skew_s: float = 30.0          # requests whose timestamp is further off are refused (replay window)
+    via_relay: bool = False           # protector calls relay_service (host-local relay to a remote store)
+    relay_service: str = "/latent_rag/relay/retrieve_latents"
 
 
 @dataclass
@@ -139,6 +153,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     ros: RosConfig = field(default_factory=RosConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
     base_dir: str = ""                # folder relative paths are resolved against (not a parameter)
 
     def resolve_path(self, value: str) -> str:
@@ -193,6 +208,7 @@ def _validate(cfg: Config) -> None:
         (cfg.ros.camera_qos.depth >= 1 and cfg.ros.output_qos.depth >= 1, "QoS depth must be >= 1"),
         (cfg.detector.upscale > 0, "detector.upscale must be > 0"),
         (cfg.detector.max_crops >= 1, "detector.max_crops must be >= 1"),
+        (cfg.link.max_skew_s > 0, "link.max_skew_s must be > 0"),
     ]
     for ok, msg in checks:
         if not ok:

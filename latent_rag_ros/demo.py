@@ -92,7 +92,13 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(110, 200)))
     graph = Graph()
     overrides = {"store.path": str(store_dir), "protector.device": "cpu", "ros.service_timeout_s": 30.0,
-                 "detector.max_crops": 4}
+                 "detector.max_crops": 4, "link.keys_dir": str(out / "keys"),
+                 "ros.evaluation_mode": True}
+    _say("   evaluation mode ON: egress keeps identity labels and stage timings for the report "
+         "(a deployed robot strips them: ros.evaluation_mode false)")
+    from latent_rag_ros.nodes.graph import provision_local_keys
+
+    provision_local_keys(args.config or _default_cfg(), overrides)   # the demo's own robot + admin link keys
     # Four node processes share the CPU: one math thread each (oversubscribed OpenMP threads were
     # measured 5-30x slower on a 2-core machine).
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -120,8 +126,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     # A small U-Net attacker (16 base channels, batch 8, 128x64) so three attacks fit a CPU demo.
     attack = RecoveryConfig(steps=args.recovery_steps, channels=16, batch_size=8)
+    n_ab = int(getattr(args, "ablation_queries", 8))
     report = run_eval(cfg, str(in_bag), out / "report", models=models, protected_bag=str(out / "protected_bag"),
-                      recovery_steps=args.recovery_steps, recovery=attack, progress=True)
+                      recovery_steps=args.recovery_steps, recovery=attack, progress=True,
+                      store_path=str(store_dir), ablation=n_ab > 0, ablation_queries=n_ab or None)
     _summary(report, out, rstats, models.random_weights, time.monotonic() - t_start)
     return 0
 
@@ -154,6 +162,10 @@ def _summary(report: dict, out: Path, rstats: dict, random_weights: list[str], s
         f"{get('utility.own_match_rate')} (chance {get('utility.own_match_chance')})",
         f"recovery attack PSNR: latent-rag {get('recovery.psnr_mean')}, "
         f"blur {get('baselines.blur.recovery.psnr_mean')}",
+        "Rank-1 / mAP (identities from tracks, published images): " + ", ".join(
+            f"{n} {get(p + 'utility.rank1')} / {get(p + 'utility.mAP')}" for n, p in (
+                ("latent-rag", ""), ("blur", "baselines.blur."), ("mosaic", "baselines.mosaic."),
+                ("none", "baselines.none."))),
         f"report: {out / 'report' / 'report.md'} (json: report.json, figure: grid.png)",
         f"took {seconds:.0f} s",
     ]

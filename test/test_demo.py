@@ -21,7 +21,7 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-m", "latent_rag_ros.cli", "demo", "--out", str(out),
-                           "--query-frames", "6", "--recovery-steps", "2"],
+                           "--query-frames", "6", "--recovery-steps", "2", "--ablation-queries", "1"],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[demo]")]
@@ -35,3 +35,8 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     assert (out / "report" / "report.md").read_text().count("Latent-RAG") >= 2
     assert any(f"report: {out / 'report' / 'report.md'}" in ln for ln in lines)
     assert not any("RANDOM-WEIGHT" in ln for ln in lines)    # the shipped demo models were found
+    # issue 16: Table IV (ablations) and Table V (costs per stage) are in the demo report
+    assert [r["variant"] for r in report["ablation"]][:2] == ["full", "no_retrieval"]
+    assert any(r["stage"].startswith("generate") and r["flops"] > 0 for r in report["stage_costs"])
+    md = (out / "report" / "report.md").read_text()
+    assert "Table IV" in md and "Table V" in md

@@ -31,7 +31,7 @@ from latent_rag_ros.models.factory import build_detector, build_models, store_id
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.egress_node import egress_problem
-from latent_rag_ros.nodes.graph import Graph, Respawn
+from latent_rag_ros.nodes.graph import Graph, Respawn, provision_local_keys
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store.build import build_store
 
@@ -120,9 +120,10 @@ def fault_setup(tmp_path_factory: pytest.TempPathFactory):
     params = {"models": {"generator": "random", "latent_encoder": "random"},
               "protector": {"m": 2, "steps": 1, "batch_size": 4, "device": "cpu"},
               "detector": {"max_crops": 2},
-              "store": {"path": str(tmp / "store")},
+              "store": {"path": str(tmp / "store")}, "link": {"keys_dir": str(tmp / "keys")},
               "ros": {"service_timeout_s": 3.0, "status_period_s": 0.3}}
     cfg_file = write_params(tmp / "params.yaml", params)
+    provision_local_keys(str(cfg_file))   # the local store's robot + admin link keys
     cfg = load_config(cfg_file)
     models = build_models(cfg, "cpu", with_encoder=True)
     detector = build_detector(cfg)
@@ -262,7 +263,7 @@ def test_latent_rag_run_respawns_a_killed_node_then_gives_up(tmp_path: Path) -> 
     """`latent-rag run`'s loop (run_graph) with only egress_node, so no models load: SIGKILL it, it comes
     back; kill it past respawn_max_retries and the graph stops with exit code 1."""
     cfg = write_params(tmp_path / "p.yaml", {"ros": {"status_period_s": 0.3}})
-    code = ("import sys, latent_rag_ros.nodes.graph as g; g.ROBOT_NODES = ('egress_node',); "
+    code = ("import sys, latent_rag_ros.nodes.graph as g; g.graph_nodes = lambda *_: ('egress_node',); "
             "raise SystemExit(g.run_graph(sys.argv[1], False, None, g.Respawn(max_retries=2, delay=0.2)))")
     log = tmp_path / "run.log"
     with open(log, "w") as out:

@@ -89,10 +89,16 @@ def test_store_node_refuses_adds_on_a_full_disk_and_keeps_serving(small_fs: Path
     store = open_store(small_fs / "store", create=True, dim=DIM, num_ws=L, w_dim=C)
     store.add(*_batch(rng))
     store.close()
-    # the audit trail lives on another filesystem (as it should): with it on the full one nothing could be
-    # served, since store_node serves nothing it cannot audit
+    from latent_rag_ros.nodes import link
+    from latent_rag_ros.security import ClientSealer, new_key
+
+    admin = ClientSealer(new_key(tmp_path / "keys", "admin", "admin"))
+    robot = ClientSealer(new_key(tmp_path / "keys", "robot", "robot"))
+    # the audit trail lives on another filesystem (as it should): on the full one nothing could be served,
+    # since store_node serves nothing it cannot audit
     params = write_params(tmp_path / "p.yaml", {"store": {"path": str(small_fs / "store"), "max_add": BATCH,
-                                                          "audit_file": str(tmp_path / "audit.log")}})
+                                                          "audit_file": str(tmp_path / "audit.log")},
+                                                "link": {"keys_dir": str(tmp_path / "keys")}})
     if rclpy.ok():
         rclpy.shutdown()
     rclpy.init(args=["--ros-args", "-p", f"config_file:={params}"])
@@ -104,18 +110,19 @@ def test_store_node_refuses_adds_on_a_full_disk_and_keeps_serving(small_fs: Path
         acked = BATCH
         for _ in range(400):
             vec, lat = _batch(rng)
-            res = node.on_add(AddIdentities.Request(count=BATCH, identities=vec.ravel().tolist(),
-                                                    latents=lat.ravel().tolist()), AddIdentities.Response())
+            env = admin.seal("add", {"count": BATCH}, {"identities": vec, "latents": lat})
+            res = link.open_reply(admin, "add", env, node.on_add(link.to_request("add", env), AddIdentities.Response()))
             if not res.ok:
                 refused = res
                 break
             acked += BATCH
-            assert res.size == acked
+            assert res.meta["size"] == acked
         assert refused is not None and ("space" in refused.message.lower() or "full" in refused.message.lower()), \
             refused.message if refused else "never full"
         assert node.status.counters["errors"] >= 1
-        got = node.on_retrieve(RetrieveLatents.Request(identity=rng.normal(size=DIM).astype(np.float32).tolist(),
-                                                       m=2, exclude_id=-1), RetrieveLatents.Response())
+        env = robot.seal("retrieve", {"m": 2, "exclude_id": -1}, {"identity": rng.normal(size=DIM).astype(np.float32)})
+        got = link.open_reply(robot, "retrieve", env,
+                              node.on_retrieve(link.to_request("retrieve", env), RetrieveLatents.Response()))
         assert got.ok, got.message
         assert len(node.store) == acked
     finally:

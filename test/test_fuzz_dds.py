@@ -20,9 +20,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
+from latent_rag_ros.egress_auth import EgressTagger, load_key
 from latent_rag_ros.eval.bags import BagRecorder, read_images, typestore
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
+from latent_rag_ros.nodes.egress_node import sign_protected
 from latent_rag_ros.nodes.graph import Graph
 
 from rosutil import Probe, vtest_frames, wait_for, write_params
@@ -115,8 +117,12 @@ def test_egress_over_dds_forwards_only_complete_protected_crops(tmp_path: Path) 
         wait_for(lambda: pub.get_subscription_count() > 0 and probe.node.count_publishers("/reid/protected") > 0,
                  60, "egress node")
         time.sleep(0.5)
+        # tagged like the protector does, with the graph's per-run key: these reach the content checks
+        tagger = EgressTagger(load_key(Path(graph.run_key_dir) / "egress.key", create=False))
         for i in range(12):
-            pub.publish(_protected(i % 2 == 0, i))
+            msg = _protected(i % 2 == 0, i)
+            sign_protected(tagger, msg)
+            pub.publish(msg)
             time.sleep(0.05)
         wait_for(lambda: int(_status(diags, "egress_node").get("frames_in", 0)) >= 12, 60, "12 frames in egress")
         wait_for(lambda: len(out) >= 6, 30, "6 forwarded")

@@ -159,7 +159,12 @@ def ros(tmp_path_factory: pytest.TempPathFactory):
     store.add(rng.normal(size=(6, DIM)).astype(np.float32), rng.normal(size=(6, L, C)).astype(np.float32),
               [f"p{i}" for i in range(6)])
     store.close()
+    from latent_rag_ros.security import new_key
+
+    new_key(tmp / "keys", "robot", "robot")
+    new_key(tmp / "keys", "admin", "admin")
     params = write_params(tmp / "p.yaml", {"store": {"path": str(tmp / "store"), "max_m": 4, "max_add": 8},
+                                           "link": {"keys_dir": str(tmp / "keys")},
                                            "ros": {"max_frame_pixels": LIMITS.max_pixels,
                                                    "max_frame_bytes": LIMITS.max_bytes}})
     if rclpy.ok():
@@ -217,8 +222,13 @@ def egress(ros: Path):
 @given(protected_crops())
 @SETTINGS
 def test_fuzz_egress_forwards_only_complete_protected_crops(egress, msg: ProtectedCrop) -> None:
+    from latent_rag_ros.nodes.egress_node import sign_protected
+
     node, sent = egress
     n = len(sent)
+    node.on_protected(msg)                      # untagged: never forwarded, whatever it holds
+    assert len(sent) == n and node.status.flags["last_rejection"].startswith("dropped_bad_tag: ")
+    sign_protected(node.tagger, msg)            # tagged as the protector does: the content checks decide
     node.on_protected(msg)
     event("forwarded" if len(sent) > n else "dropped")
     if len(sent) > n:
@@ -229,37 +239,67 @@ def test_fuzz_egress_forwards_only_complete_protected_crops(egress, msg: Protect
     else:
         assert node.status.flags["last_rejection"].startswith("dropped_invalid: ")
     c = node.status.counters
-    assert c["frames_in"] == c["frames_out"] + c["dropped_invalid"]
+    assert c["frames_in"] == c["frames_out"] + c["dropped_invalid"] + c["dropped_bad_tag"]
 
 
 @pytest.fixture(scope="module")
 def store_node(ros: Path):
     from latent_rag_ros.nodes.store_node import StoreNode
+    from latent_rag_ros.security import ClientSealer, load_key
 
     node = StoreNode()
     assert node.store is not None, node.open_error
+    node.robot = ClientSealer(load_key(ros / "keys" / "robot.key"))
+    node.admin = ClientSealer(load_key(ros / "keys" / "admin.key"))
     yield node
     node.destroy_node()
+
+
+def _sealed(node, handler, srv, sealer, operation: str, meta: dict, arrays: dict):
+    """Seal a request with ``sealer``, call the real handler in-process, open the reply."""
+    from latent_rag_ros.nodes import link
+
+    env = sealer.seal(operation, meta, arrays)
+    res = handler(link.to_request(operation, env), srv.Response())
+    return res, link.open_reply(sealer, operation, env, res)
 
 
 @given(identity=st.one_of(st.lists(FLOATS, max_size=12), st.lists(st.floats(-1, 1, width=32), min_size=DIM,
                                                                    max_size=DIM)),
        m=st.one_of(st.integers(0, 6), st.integers(0, 2**32 - 1)), exclude_id=st.integers(-(2**63), 2**63 - 1),
-       exclude_label=TEXT, client=TEXT, model=st.sampled_from(["", "x#00", "random"]))
+       exclude_label=TEXT, model=st.sampled_from(["", "x#00", "random"]))
 @SETTINGS
-def test_fuzz_store_retrieve(store_node, identity, m, exclude_id, exclude_label, client, model) -> None:
-    req = RetrieveLatents.Request(identity=identity, m=m, exclude_id=exclude_id, exclude_label=exclude_label,
-                                  generator=model, reid="", client=client)
+def test_fuzz_store_retrieve(store_node, identity, m, exclude_id, exclude_label, model) -> None:
+    """Authenticated (sealed) retrievals with any content: served correctly or refused with a sealed reason."""
+    meta = {"m": m, "exclude_id": exclude_id, "exclude_label": exclude_label, "generator": model, "reid": ""}
     before = store_node.status.counters["errors"]
-    res = store_node.on_retrieve(req, RetrieveLatents.Response())
-    event("served" if res.ok else "refused")
-    if res.ok:
+    _, reply = _sealed(store_node, store_node.on_retrieve, RetrieveLatents, store_node.robot, "retrieve", meta,
+                       {"identity": np.asarray(identity, np.float32)})
+    event("served" if reply.ok else "refused")
+    if reply.ok:
         assert 1 <= m <= 4 and len(identity) == DIM and all(math.isfinite(v) for v in identity)
-        assert list(res.shape) == [m, L, C] and len(res.latents) == m * L * C and len(res.ids) == m
-        assert exclude_id not in list(res.ids)
+        assert reply.arrays["latents"].shape == (m, L, C) and len(reply.arrays["ids"]) == m
+        assert exclude_id not in reply.arrays["ids"].tolist()
     else:
-        assert res.message and store_node.status.counters["errors"] == before + 1
-        assert len(res.latents) == 0
+        assert reply.message and store_node.status.counters["errors"] == before + 1
+        assert "latents" not in reply.arrays
+
+
+@given(protocol=st.sampled_from([0, 1, 2, 3, 2**32 - 1]), key_id=st.one_of(st.sampled_from(["robot", "admin", ""]),
+                                                                         TEXT),
+       stamp=st.integers(-(2**63), 2**63 - 1), nonce=st.binary(max_size=16), sealed=st.binary(max_size=64),
+       operation=st.sampled_from(["retrieve", "add"]))
+@SETTINGS
+def test_fuzz_store_envelopes_without_the_key(store_node, protocol, key_id, stamp, nonce, sealed, operation) -> None:
+    """Any envelope not sealed with a provisioned key: ok=false, a fixed reason, nothing else, counted."""
+    srv = RetrieveLatents if operation == "retrieve" else AddIdentities
+    handler = store_node.on_retrieve if operation == "retrieve" else store_node.on_add
+    size, before = len(store_node.store), store_node.status.counters["refused"]
+    res = handler(srv.Request(protocol=protocol, key_id=key_id, stamp_ns=stamp, nonce=nonce, sealed=sealed),
+                  srv.Response())
+    assert not res.ok and len(res.sealed) == 0 and len(res.nonce) == 0 and res.message
+    assert res.message.startswith(("not authenticated", "protocol version"))
+    assert store_node.status.counters["refused"] == before + 1 and len(store_node.store) == size
 
 
 @given(count=st.one_of(st.none(), st.none(), st.integers(0, 3), st.integers(0, 2**32 - 1)),
@@ -267,7 +307,7 @@ def test_fuzz_store_retrieve(store_node, identity, m, exclude_id, exclude_label,
        values=FLOATS, labels=st.lists(TEXT, max_size=4), oversized=st.booleans())
 @settings(SETTINGS, max_examples=80)   # each acknowledged add is fsync'ed
 def test_fuzz_store_add(store_node, count, rows, vec_extra, lat_extra, values, labels, oversized) -> None:
-    """AddIdentities with inconsistent lengths, NaN/inf values and unicode or oversized labels."""
+    """AddIdentities (admin key) with inconsistent lengths, NaN/inf values and unicode or oversized labels."""
     count = rows if count is None else count   # None: consistent with the data sent
     n_vec = max(0, rows * DIM + vec_extra)
     rng = np.random.default_rng(count % 1000)
@@ -276,25 +316,26 @@ def test_fuzz_store_add(store_node, count, rows, vec_extra, lat_extra, values, l
         vec[0] = values   # NaN, inf, huge, tiny or ordinary
     if oversized:
         labels = [*labels, "\u00e9" * 5000]
-    req = AddIdentities.Request(count=count, identities=vec.tolist(), latents=[0.5] * max(0, rows * L * C + lat_extra),
-                                labels=labels)
+    lat = np.full(max(0, rows * L * C + lat_extra), 0.5, np.float32)
     size = len(store_node.store)
-    res = store_node.on_add(req, AddIdentities.Response())
-    event("acknowledged" if res.ok else "refused")
-    if res.ok:
+    _, reply = _sealed(store_node, store_node.on_add, AddIdentities, store_node.admin, "add",
+                       {"count": count, "labels": labels}, {"identities": vec, "latents": lat})
+    event("acknowledged" if reply.ok else "refused")
+    if reply.ok:
+        ids = reply.arrays["ids"]
         assert count == rows >= 1 and vec_extra == 0 and lat_extra == 0 and np.isfinite(vec).all()
-        assert len(store_node.store) == size + count == res.size and len(res.ids) == count
+        assert len(store_node.store) == size + count == reply.meta["size"] and len(ids) == count
         # (the service itself leaves out exact duplicates of the query: ask the store directly)
-        stored = store_node.store.get_vectors(np.asarray(res.ids, np.int64))
+        stored = store_node.store.get_vectors(np.asarray(ids, np.int64))
         assert np.allclose(stored, vec.reshape(count, DIM) / np.linalg.norm(vec.reshape(count, DIM), axis=1,
                                                                            keepdims=True), atol=1e-5)
         scores, _ = store_node.store.search(vec[:DIM].reshape(1, DIM), 1)
         assert scores[0, 0] > 0.999, "an acknowledged add must be searchable"
     else:
-        assert res.message and len(store_node.store) == size, "a refused add must change nothing"
+        assert reply.message and len(store_node.store) == size, "a refused add must change nothing"
 
 
 def test_fuzz_store_m_huge_is_refused_not_allocated(store_node) -> None:
-    res = store_node.on_retrieve(RetrieveLatents.Request(identity=[1.0] * DIM, m=2**32 - 1, exclude_id=-1),
-                                 RetrieveLatents.Response())
-    assert not res.ok and "out of range" in res.message
+    _, reply = _sealed(store_node, store_node.on_retrieve, RetrieveLatents, store_node.robot, "retrieve",
+                       {"m": 2**32 - 1, "exclude_id": -1}, {"identity": np.ones(DIM, np.float32)})
+    assert not reply.ok and "out of range" in reply.message

@@ -27,8 +27,8 @@ def _stub_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     mods = {
         "launch": {"LaunchDescription": _Rec},
         "launch.actions": {"DeclareLaunchArgument": _Rec, "SetEnvironmentVariable": _Rec},
-        "launch.conditions": {"IfCondition": _Rec},
-        "launch.substitutions": {"LaunchConfiguration": _Rec},
+        "launch.conditions": {"IfCondition": _Rec, "UnlessCondition": _Rec},
+        "launch.substitutions": {"LaunchConfiguration": _Rec, "PythonExpression": _Rec},
         "launch_ros": {},
         "launch_ros.actions": {"Node": _Rec},
         "ament_index_python": {},
@@ -61,21 +61,39 @@ def test_protect_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args["config_file"] == "/opt/share/latent_rag_ros/config/latent_rag.yaml"
     env = [a for a in actions if a.args and a.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"]
     assert len(env) == 1 and env[0].args[1].args[0] == "fastdds_profile"
-    nodes = [a for a in actions if "executable" in a.kwargs]
+    nodes = [a for a in actions if a.kwargs.get("package") == "latent_rag_ros"]
     exes = {n.kwargs["executable"] for n in nodes}
-    assert exes == {"detector_node", "protector_node", "egress_node", "store_node"}
+    assert exes == {"detector_node", "protector_node", "egress_node", "store_node", "relay_node"}
     assert exes <= _installed_executables()
-    store = next(n for n in nodes if n.kwargs["executable"] == "store_node")
-    assert store.kwargs["condition"].args[0].args[0] == "with_store"
+    by_exe = {n.kwargs["executable"]: n for n in nodes}
+    assert by_exe["store_node"].kwargs["condition"].args[0].args[0] == "with_store"
+    assert by_exe["relay_node"].kwargs["condition"].args[0].args[0] == "with_store"   # UnlessCondition
     for n in nodes:
-        assert n.kwargs["package"] == "latent_rag_ros"
         assert any(isinstance(p, dict) and "config_file" in p for p in n.kwargs["parameters"])
+        assert n.kwargs["ros_arguments"] == ["--enclave", f"/latent_rag/{n.kwargs['executable']}"]
+    # zones: detector, protector and the optional camera driver are host-local; the others are not
+    camera = [a for a in actions if a.kwargs.get("name") == "camera_driver"]
+    assert len(camera) == 1 and camera[0].kwargs["condition"].args[0].args[0] == "camera_package"
+    for n in (by_exe["detector_node"], by_exe["protector_node"], camera[0]):
+        env = n.kwargs["additional_env"]
+        assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_host_local.xml")
+        assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    for exe in ("egress_node", "store_node", "relay_node"):
+        assert "additional_env" not in by_exe[exe].kwargs
+    # protector and egress share a fresh egress key; security switches on SROS2 only when asked
+    key = [a for a in actions if a.args and a.args[0] == "LATENT_RAG_EGRESS_KEY_FILE"]
+    assert len(key) == 1 and Path(key[0].args[1]).stat().st_mode & 0o077 == 0
+    sec = {a.args[0]: a for a in actions if a.args and str(a.args[0]).startswith("ROS_SECURITY_")}
+    assert set(sec) == {"ROS_SECURITY_ENABLE", "ROS_SECURITY_STRATEGY", "ROS_SECURITY_KEYSTORE"}
+    assert all(a.kwargs["condition"].args[0].args[0] == "security" for a in sec.values())
+    assert args["security"] == "false"
 
 
 def test_store_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     actions = _load(ROOT / "launch" / "store.launch.py", monkeypatch)
     nodes = [a for a in actions if "executable" in a.kwargs]
     assert [n.kwargs["executable"] for n in nodes] == ["store_node"]
+    assert nodes[0].kwargs["ros_arguments"] == ["--enclave", "/latent_rag/store_node"]
 
 
 def test_cmake_installs_launch_and_config() -> None:

@@ -118,7 +118,12 @@ def test_eight_robot_clients_on_one_store_node_none_starves(tmp_path: Path) -> N
     store = open_store(tmp_path / "store", create=True, dim=DIM, num_ws=L, w_dim=C)
     store.add(rng.normal(size=(500, DIM)).astype(np.float32), rng.normal(size=(500, L, C)).astype(np.float32))
     store.close()
-    cfg = write_params(tmp_path / "p.yaml", {"store": {"path": str(tmp_path / "store"), "max_m": 8}})
+    from latent_rag_ros.nodes import link
+    from latent_rag_ros.security import ClientSealer, new_key
+
+    sealers = [ClientSealer(new_key(tmp_path / "keys", f"robot_{i}", "robot")) for i in range(CLIENTS)]
+    cfg = write_params(tmp_path / "p.yaml", {"store": {"path": str(tmp_path / "store"), "max_m": 8},
+                                             "link": {"keys_dir": str(tmp_path / "keys")}})
     graph = Graph()
     graph.start(["store_node"], str(cfg))
     answered: dict[int, list[bool]] = {i: [] for i in range(CLIENTS)}
@@ -141,13 +146,14 @@ def test_eight_robot_clients_on_one_store_node_none_starves(tmp_path: Path) -> N
             r = np.random.default_rng(i)
             for _ in range(REQUESTS):
                 done = threading.Event()
-                fut = cli.call_async(RetrieveLatents.Request(identity=r.normal(size=DIM).astype(np.float32).tolist(),
-                                                             m=4, exclude_id=-1, client=f"robot_{i}"))
+                env = sealers[i].seal("retrieve", {"m": 4, "exclude_id": -1},
+                                      {"identity": r.normal(size=DIM).astype(np.float32)})
+                fut = cli.call_async(link.to_request("retrieve", env))
                 fut.add_done_callback(lambda _f, ev=done: ev.set())
                 if not done.wait(60):
                     errors.append(f"robot {i}: a request never got an answer")
                     return
-                answered[i].append(bool(fut.result().ok))
+                answered[i].append(link.open_reply(sealers[i], "retrieve", env, fut.result()).ok)
         finally:
             ex.shutdown()
             node.destroy_node()

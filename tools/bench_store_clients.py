@@ -22,12 +22,16 @@ from pathlib import Path
 import numpy as np
 
 
-def client(index: int, requests: int, dim: int, m: int, service: str) -> None:
-    """One robot: own process, own DDS participant; sequential requests; prints its latencies (ms)."""
+def client(index: int, requests: int, dim: int, m: int, service: str, keys_dir: str) -> None:
+    """One robot: own process, own DDS participant, own link key; sequential sealed requests; prints latencies (ms)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
+    from latent_rag_ros.nodes import link
+    from latent_rag_ros.security import ClientSealer, load_key
     from latent_rag_ros.srv import RetrieveLatents
+
+    sealer = ClientSealer(load_key(Path(keys_dir) / f"robot_{index}.key"))
 
     rclpy.init()
     node = rclpy.create_node(f"bench_robot_{index}")
@@ -40,15 +44,16 @@ def client(index: int, requests: int, dim: int, m: int, service: str) -> None:
     rng = np.random.default_rng(index)
     lat, ok, lost = [], 0, []
     for k in range(requests):
-        req = RetrieveLatents.Request(identity=rng.normal(size=dim).astype(np.float32).tolist(), m=m,
-                                      exclude_id=-1, client=f"robot_{index}")
+        query = rng.normal(size=dim).astype(np.float32)
         done = threading.Event()
-        t0 = time.perf_counter()
-        fut = cli.call_async(req)
+        t0 = time.perf_counter()   # sealing and opening are part of the round trip
+        env = sealer.seal("retrieve", {"m": m, "exclude_id": -1}, {"identity": query})
+        fut = cli.call_async(link.to_request("retrieve", env))
         fut.add_done_callback(lambda _f, ev=done: ev.set())
         if done.wait(30):
+            reply = link.open_reply(sealer, "retrieve", env, fut.result())
             lat.append((time.perf_counter() - t0) * 1e3)
-            ok += bool(fut.result().ok)
+            ok += bool(reply.ok)
         else:
             cli.remove_pending_request(fut)
             lost.append(k)   # no answer within 30 s: counted, the client goes on
@@ -77,10 +82,11 @@ def main() -> int:
     ap.add_argument("--w-dim", type=int, default=512)
     ap.add_argument("--m", type=int, default=10)
     ap.add_argument("--client", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--keys-dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     service = "/latent_rag/retrieve_latents"
     if args.client >= 0:
-        client(args.client, args.requests, args.dim, args.m, service)
+        client(args.client, args.requests, args.dim, args.m, service, args.keys_dir)
         return 0
     from latent_rag_ros.nodes.graph import Graph
     from latent_rag_ros.store import open_store
@@ -95,13 +101,19 @@ def main() -> int:
         store.add(rng.normal(size=(n, args.dim)).astype(np.float32),
                   rng.normal(size=(n, args.num_ws, args.w_dim)).astype(np.float32))
     store.close()
+    from latent_rag_ros.security import new_key
+
+    for i in range(args.clients):   # one provisioned robot key per client
+        new_key(tmp / "keys", f"robot_{i}", "robot")
     params = tmp / "p.yaml"
-    params.write_text(f"/**:\n  ros__parameters:\n    store: {{path: {tmp / 'store'}, max_m: {max(args.m, 10)}}}\n")
+    params.write_text(f"/**:\n  ros__parameters:\n    store: {{path: {tmp / 'store'}, max_m: {max(args.m, 10)}}}\n"
+                      f"    link: {{keys_dir: {tmp / 'keys'}}}\n")
     graph = Graph()
     graph.start(["store_node"], str(params))
     try:
         procs = [subprocess.Popen([sys.executable, __file__, "--client", str(i), "--requests", str(args.requests),
-                                   "--dim", str(args.dim), "--m", str(args.m)], stdout=subprocess.PIPE, text=True)
+                                   "--dim", str(args.dim), "--m", str(args.m), "--keys-dir", str(tmp / "keys")],
+                                  stdout=subprocess.PIPE, text=True)
                  for i in range(args.clients)]
         t0 = time.perf_counter()
         results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]

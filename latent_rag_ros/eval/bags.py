@@ -410,4 +410,5 @@ def protected_message(image_bgr: np.ndarray, embedding: np.ndarray, stamp_ns: in
         steps=int(fields.get("steps", 0)),
         stage_names=[str(k) for k in timings],
         stage_ms=np.asarray(list(timings.values()), dtype=np.float32),
+        tag=np.zeros(0, dtype=np.uint8),   # egress strips the protector's integrity tag
     )

@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Any
 
+CPU_ATTACK = {"steps": 200, "batch_size": 8, "channels": 16}    # a 30-frame bag: a few minutes on 2 cores
+GPU_ATTACK = {"steps": 500, "batch_size": 16, "channels": 32}
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="parameter file (default: the package's config/latent_rag.yaml)")
@@ -34,6 +37,19 @@ def _baseline_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation; a source it cannot evaluate gives one line on stderr and exit code 2."""
+    from latent_rag_ros.eval.bags import BagError
+    from latent_rag_ros.models.safe_load import ModelFileError
+    from latent_rag_ros.store.base import StoreError
+
+    try:
+        return _eval(args)
+    except (ValueError, OSError, BagError, ModelFileError, StoreError) as exc:  # DatasetError is a ValueError
+        print(f"latent-rag eval: {exc}", file=sys.stderr)
+        return 2
+
+
+def _eval(args: argparse.Namespace) -> int:
     """Run the evaluation and print where the report went plus its headline numbers."""
     from latent_rag_ros.config import default_config_path, load_config, parse_overrides
     from latent_rag_ros.eval.recovery import RecoveryConfig
@@ -45,15 +61,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     path = args.config or default_config_path()
     overrides = parse_overrides(args.set)
-    load_config(path, overrides)  # validate before any work
+    cfg = load_config(path, overrides)  # validate before any work
+    from latent_rag_ros.core.protector import resolve_device
+
+    # CPU defaults sized so a short bag evaluates in minutes; GPU defaults are the larger attacker
+    cpu = resolve_device(cfg.protector.device).type == "cpu"
+    steps = args.recovery_steps if args.recovery_steps is not None else (CPU_ATTACK if cpu else GPU_ATTACK)["steps"]
+    batch = args.recovery_batch or (CPU_ATTACK if cpu else GPU_ATTACK)["batch_size"]
+    channels = args.recovery_channels or (CPU_ATTACK if cpu else GPU_ATTACK)["channels"]
     h, w = args.recovery_size
-    rcfg = RecoveryConfig(height=h, width=w, batch_size=args.recovery_batch, channels=args.recovery_channels)
+    rcfg = RecoveryConfig(height=h, width=w, batch_size=batch, channels=channels)
     report = run_eval(str(path) if path else None, source, args.out, reid_names=args.reid, sweeps=args.sweep,
-                      recovery_steps=args.recovery_steps, max_queries=args.max_queries,
+                      recovery_steps=steps, max_queries=args.max_queries,
                       protected_bag=args.protected, progress=not args.quiet, overrides=overrides,
                       recovery_model=args.recovery_model, recovery=rcfg, max_gallery=args.max_gallery,
                       max_attack=args.attack_max, store_path=args.store or None,
-                      baseline_params=_baseline_params(args))
+                      baseline_params=_baseline_params(args),
+                      ablation=args.ablation, ablation_queries=args.ablation_queries,
+                      log=lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True))  # plan even if --quiet
     summary = {
         "report": f"{args.out}/report.md",
         "privacy.ssim_mean": report["privacy"]["ssim_mean"],
@@ -114,11 +139,12 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
                    help="extra re-ID backbones for transferability: kind[:path],... e.g. bagtricks:/w/bt.pth")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="sweep a protector parameter: m=1,5,10,20 or T=0,5,10,20 (repeatable)")
-    p.add_argument("--recovery-steps", type=int, default=500, help="attacker training steps (0: no attack)")
+    p.add_argument("--recovery-steps", type=int, default=None,
+                   help="attacker training steps (0: no attack; default 200 on CPU, 500 on a GPU)")
     p.add_argument("--recovery-model", choices=["unet", "restormer"], default="unet")
     p.add_argument("--recovery-size", type=_size, default=(128, 64), metavar="HxW", help="attack resolution")
-    p.add_argument("--recovery-batch", type=int, default=16)
-    p.add_argument("--recovery-channels", type=int, default=32)
+    p.add_argument("--recovery-batch", type=int, default=0, help="default 8 on CPU, 16 on a GPU")
+    p.add_argument("--recovery-channels", type=int, default=0, help="U-Net base channels (default 16 CPU, 32 GPU)")
     p.add_argument("--attack-max", type=int, default=256, help="at most this many attacker training pairs")
     p.add_argument("--max-queries", type=int, default=None, help="evaluate at most this many queries")
     p.add_argument("--max-gallery", type=int, default=None,
@@ -128,6 +154,10 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
                    help="Gaussian blur baseline at height 256 (default 21,7; scaled with each crop's height)")
     p.add_argument("--mosaic-block", type=int, default=0, metavar="N",
                    help="mosaic block size at height 256 (default 8; scaled with each crop's height)")
+    p.add_argument("--ablation", action="store_true",
+                   help="Table IV: w/o retrieval, w/o inverse attention, w/o L_id, w/o L_div (offline, needs a store)")
+    p.add_argument("--ablation-queries", type=int, default=None, metavar="N",
+                   help="run the ablations on the first N queries only (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 

@@ -34,7 +34,8 @@ from latent_rag_ros.eval.recovery import RecoveryConfig, identity_result, recove
 from latent_rag_ros.eval.report import file_record, write_json, write_markdown
 from latent_rag_ros.eval.sources import EvalData, load_eval_data
 
-__all__ = ["EvalData", "embed_crops", "load_eval_data", "parse_reid_list", "parse_sweeps", "run_eval"]
+__all__ = ["EvalData", "embed_crops", "embed_published", "load_eval_data", "parse_reid_list", "parse_sweeps",
+           "published", "run_eval"]
 
 SWEEP_KEYS = {"m": "protector.m", "T": "protector.steps"}
 
@@ -62,6 +63,31 @@ def embed_crops(reid: torch.nn.Module, crops: Sequence[np.ndarray], batch_size: 
     return np.concatenate(feats) if feats else np.zeros((0, int(getattr(reid, "dim", 0))), np.float32)
 
 
+def published(crops: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The images as the remote server decodes them: uint8 at crop size, through a lossless PNG round trip.
+
+    Every method (Latent-RAG from the graph's ``rgb8`` ProtectedCrop or the offline Protector, and
+    the baselines) is measured on this, so no method is judged on a private float path.
+    """
+    import cv2
+
+    out = []
+    for i, img in enumerate(crops):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3:
+            raise ValueError(f"published image {i}: expected uint8 HxWx3, got {getattr(img, 'shape', type(img))}")
+        ok, buf = cv2.imencode(".png", img)
+        if not ok:
+            raise ValueError(f"published image {i}: PNG encoding failed")
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR))
+    return out
+
+
+def embed_published(reid: torch.nn.Module, images: Sequence[np.ndarray], progress: bool = False,
+                    desc: str = "embed") -> np.ndarray:
+    """The one embedding function of the evaluation: :func:`embed_crops` of the :func:`published` images."""
+    return embed_crops(reid, published(images), progress=progress, desc=desc)
+
+
 def parse_reid_list(text: str | Sequence[str] | None) -> list[tuple[str, str | None]]:
     """``"deepsort_mobilenetv2,bagtricks:PATH"`` -> ``[("deepsort_mobilenetv2", None), ("bagtricks", "PATH")]``."""
     if not text:
@@ -86,10 +112,11 @@ class _Backbone:
         self.original: np.ndarray | None = None
 
 
-def _utility(bb: _Backbone, data: EvalData, protected: Sequence[np.ndarray], progress: bool,
+def _utility(bb: _Backbone, data: EvalData, protected: Sequence[np.ndarray] | None, progress: bool,
              embeddings: np.ndarray | None = None) -> dict[str, Any]:
-    feats = embeddings if embeddings is not None else embed_crops(bb.net, protected, progress=progress,
-                                                                 desc=f"embed {bb.name}")
+    """Re-ID utility of protected queries; ``embeddings`` only for the labelled float-path figures."""
+    feats = embeddings if embeddings is not None else embed_published(bb.net, protected or [], progress=progress,
+                                                                      desc=f"embed {bb.name}")
     assert bb.original is not None
     cos = embedding_cosine(feats, bb.original)
     out: dict[str, Any] = {"embedding_cosine_mean": float(cos.mean()), "rank1": None, "rank5": None,
@@ -136,7 +163,7 @@ def _protect_all(protector: Any, crops: Sequence[np.ndarray], store: Any, progre
 
 
 def _privacy(protected: Sequence[np.ndarray], original: Sequence[np.ndarray]) -> dict[str, Any]:
-    sim = image_similarity(protected, original)
+    sim = image_similarity(published(protected), original)
     return {k: sim[k] for k in ("ssim_mean", "psnr_mean", "psnr_mean_finite", "count")}
 
 
@@ -219,12 +246,15 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
              recovery: RecoveryConfig | None = None, max_gallery: int | None = None, max_attack: int | None = 256,
              store_path: str | Path | None = None, baselines: Sequence[str] = BASELINES,
              baseline_params: dict[str, dict[str, Any]] | None = None,
-             grid_columns: int = 6, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             grid_columns: int = 6, log: Callable[[str], None] | None = None,
+             ablation: bool = False, ablation_queries: int | None = None, table_v: bool = True) -> dict[str, Any]:
     """Run the whole evaluation and write ``report.json``, ``report.md``, ``grid.png`` and sweep plots.
 
     ``cfg``: a Config, or a config file path / None (then ``overrides`` apply). ``reid_names``: extra
     backbones ``kind[:path]`` judged on the same protected queries (Table II). ``sweeps``: e.g.
-    ``["m=1,5,10,20", "T=0,5,10,20"]``. Returns the report dict (floats, inf where infinite).
+    ``["m=1,5,10,20", "T=0,5,10,20"]``. ``ablation``: Table IV on the first ``ablation_queries``
+    queries (all when None); ``table_v``: parameters, FLOPs and time per stage on one crop.
+    Returns the report dict (floats, inf where infinite).
     """
     from latent_rag_ros.core.protector import Protector, resolve_device
     from latent_rag_ros.models.factory import build_detector, build_models, build_reid, store_identity
@@ -239,15 +269,18 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
 
     t = time.perf_counter()
     if models is None:
-        models = build_models(cfg, device, with_encoder=protected_bag is None)
+        models = build_models(cfg, device, with_encoder=protected_bag is None or ablation)
     detector = getattr(models, "detector", None)
     from latent_rag_ros.datasets import source_kind
 
-    if detector is None and protected_bag is None and source_kind(source) in ("video", "bag"):
-        detector = build_detector(cfg)
-    data = load_eval_data(source, max_queries, max_gallery, max_attack, protected_bag, detector, cfg.protector.seed)
+    if detector is None and source_kind(source) in ("video", "bag"):
+        detector = build_detector(cfg)   # unlabelled videos and bags get identities from tracks
+    data = load_eval_data(source, max_queries, max_gallery, max_attack, protected_bag, detector, cfg.protector.seed,
+                          det_cfg=cfg.detector, sheet=out / "tracks.png",
+                          store_fraction=0.0 if store_path is not None else 0.5)
     wall["load"] = time.perf_counter() - t
-    say(f"{data.kind}: {len(data.query)} queries, {len(data.gallery)} gallery, {len(data.attack)} attacker crops")
+    say(f"{data.kind}: {len(data.query)} queries, {len(data.gallery)} gallery, {len(data.attack)} attacker crops"
+        + (f" ({'; '.join(data.notes)})" if data.notes else ""))
 
     primary_name = getattr(models.reid, "name", cfg.models.reid)
     backbones = [_Backbone(primary_name, models.reid, _reid_source(cfg.models.reid, cfg.models.reid_path or None))]
@@ -259,9 +292,9 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
                                    net, _reid_source(kind, path)))
     t = time.perf_counter()
     for bb in backbones:
-        bb.original = embed_crops(bb.net, data.query, progress=progress, desc=f"queries {bb.name}")
+        bb.original = embed_published(bb.net, data.query, progress=progress, desc=f"queries {bb.name}")
         if data.labelled:
-            bb.gallery = embed_crops(bb.net, data.gallery, progress=progress, desc=f"gallery {bb.name}")
+            bb.gallery = embed_published(bb.net, data.gallery, progress=progress, desc=f"gallery {bb.name}")
     wall["embed_raw"] = time.perf_counter() - t
 
     # --- Latent-RAG protection of the queries (offline Protector, or the graph's bag) -------------
@@ -306,6 +339,10 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         wall["protect_queries"] = time.perf_counter() - t
         attack_protected = []
         if rcfg.steps > 0 and data.attack:
+            per_crop = wall["protect_queries"] / max(1, len(data.query))
+            say(f"plan: protect {len(data.attack)} attacker crops (about {per_crop * len(data.attack):.0f} s at the "
+                f"{per_crop:.2f} s/crop just measured), then train {len(baselines)} recovery attackers "
+                f"({rcfg.model}, {rcfg.steps} steps, batch {rcfg.batch_size}, {rcfg.height}x{rcfg.width})")
             t = time.perf_counter()
             say(f"protecting {len(data.attack)} attacker crops (black-box queries of the protection)")
             attack_protected, _, _ = _protect_all(protector, data.attack, store, progress, desc="attacker pairs")
@@ -324,17 +361,20 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     for name, prot in protected_sets.items():
         say(f"metrics: {name}")
         res: dict[str, Any] = {"privacy": _privacy(prot, data.query)}
-        per_bb = {}
-        for i, bb in enumerate(backbones):
-            emb = lr_embeddings if (name == "latent_rag" and i == 0 and lr_embeddings is not None) else None
-            per_bb[bb.name] = _utility(bb, data, prot, progress, emb)
+        per_bb = {bb.name: _utility(bb, data, prot, progress) for bb in backbones}
         res["utility"] = {**per_bb[backbones[0].name], "backbone": backbones[0].name, "backbones": per_bb}
+        if name == "latent_rag" and lr_embeddings is not None:
+            # beside, labelled: the protector's own embedding of its float output (what L_id optimised)
+            res["utility_float_path"] = {**_utility(backbones[0], data, None, progress, lr_embeddings),
+                                         "backbone": backbones[0].name,
+                                         "note": "protector's float-path embedding, not the published image"}
         t = time.perf_counter()
         if name == "none":
             rec = identity_result(data.query, rcfg)
         elif rcfg.steps > 0 and attack_sets[name]:
             say(f"recovery attack on {name}: {rcfg.model}, {rcfg.steps} steps, {len(attack_sets[name])} pairs")
-            rec = recovery_attack(attack_sets[name], data.attack, prot, data.query, rcfg, progress)
+            rec = recovery_attack(published(attack_sets[name]), data.attack, published(prot), data.query, rcfg,
+                                  progress)
         else:
             rec = None
         wall[f"recovery_{name}"] = time.perf_counter() - t
@@ -356,14 +396,55 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
             say(f"sweep {key}={v}")
             cfg_v = _sweep_cfg(cfg, cfg_path, overrides, dotted, v)
             prot_v = Protector(models.generator, models.reid, cfg_v.protector, device)
-            imgs, embs, _ = _protect_all(prot_v, data.query, store, progress, desc=f"sweep {key}={v}",
+            imgs, _, _ = _protect_all(prot_v, data.query, store, progress, desc=f"sweep {key}={v}",
                                          labels=data.q_pids)
             priv = _privacy(imgs, data.query)
-            util = _utility(backbones[0], data, imgs, progress, embs)
+            util = _utility(backbones[0], data, imgs, progress)
             rows.append({"value": v, "key": dotted, "ssim_mean": priv["ssim_mean"], "psnr_mean": priv["psnr_mean"],
                          "rank1": util["rank1"], "mAP": util["mAP"],
                          "embedding_cosine_mean": util["embedding_cosine_mean"]})
         sweep_rows[key] = rows
+
+    # --- Table IV (ablations) and Table V (costs per stage) ------------------------------------
+    extra_store = None
+    if (ablation or table_v) and store is None:
+        from latent_rag_ros.store import open_store
+
+        spath = Path(store_path or cfg.resolve_path(cfg.store.path))
+        if spath.exists():
+            extra_store = open_store(str(spath))
+    t_store = store if store is not None else extra_store
+    ablation_rows: list[dict[str, Any]] = []
+    if ablation:
+        if t_store is None:
+            raise ValueError("--ablation needs the trusted store: pass --store (or set store.path)")
+        from latent_rag_ros.eval.ablation import run_ablations
+
+        n_ab = len(data.query) if ablation_queries is None else min(ablation_queries, len(data.query))
+        sub = dataclasses.replace(data, query=data.query[:n_ab], q_pids=data.q_pids[:n_ab],
+                                  q_camids=data.q_camids[:n_ab], q_groups=data.q_groups[:n_ab])
+        bb0 = _Backbone(backbones[0].name, backbones[0].net, backbones[0].source)
+        bb0.gallery = backbones[0].gallery
+        bb0.original = None if backbones[0].original is None else backbones[0].original[:n_ab]
+
+        def measure(imgs: list[np.ndarray]) -> dict[str, Any]:
+            u = _utility(bb0, sub, imgs, False)
+            return {**_privacy(imgs, sub.query), **{k: u.get(k) for k in (
+                "embedding_cosine_mean", "own_match_rate", "own_match_chance", "rank1", "mAP")}}
+
+        t = time.perf_counter()
+        ablation_rows = run_ablations(models, cfg.protector, sub.query, t_store, device, measure, log=say)
+        wall["ablation"] = time.perf_counter() - t
+    cost_rows: list[dict[str, Any]] = []
+    if table_v and data.query:
+        from latent_rag_ros.eval.ablation import stage_costs
+
+        try:
+            cost_rows = stage_costs(models, cfg.protector, data.query[0], t_store, device)
+        except Exception as exc:  # noqa: BLE001 - Table V is informative; the report still gets written
+            say(f"Table V skipped: {exc}")
+    if extra_store is not None:
+        extra_store.close()
 
     # --- report -----------------------------------------------------------------------------------
     n_q = len(data.query)
@@ -372,10 +453,12 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         "source": {"path": str(source), "kind": data.kind,
                    "protected_bag": str(protected_bag) if protected_bag else None,
                    "n_query": n_q, "n_gallery": len(data.gallery), "n_attack_train": len(data.attack),
-                   "labelled": data.labelled, "notes": data.notes},
+                   "labelled": data.labelled, "notes": data.notes, "query_keys": data.query_keys},
         "privacy": lr["privacy"],
         "utility": lr["utility"],
         "recovery": lr["recovery"],
+        "utility_float_path": lr.get("utility_float_path"),
+        "measurement": "every method and backbone: embed_published (uint8 crop-size image, PNG round trip)",
         "baselines": methods,
         "timings_ms": {"total": timings, "per_crop": {k: v / n_q for k, v in timings.items()} if timings else {},
                        "eval_wall_s": wall},
@@ -388,6 +471,8 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         "models": _model_records(cfg, models, backbones),
         "random_weights": list(getattr(models, "random_weights", []) or []),
         "sweeps": sweep_rows,
+        "ablation": ablation_rows,
+        "stage_costs": cost_rows,
         "baseline_params": {n: bparams.get(n, {}) for n in baselines},
         "json_conventions": "non-finite floats are strings 'inf'/'-inf'; NaN and unavailable values are null",
     }

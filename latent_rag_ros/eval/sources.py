@@ -46,6 +46,7 @@ class EvalData:
     protected_model: str | None = None
     attack_protected: list[np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
+    query_keys: list[list[int]] | None = None            # protected bag: [stamp_ns, x, y, w, h] per query
 
     @property
     def labelled(self) -> bool:
@@ -137,12 +138,57 @@ def _unsplit_data(path: str, kind: str, samples: list[Any], max_queries: int | N
                     [_group_of(s) for s in query], attack=[s.image for s in attack], notes=notes)
 
 
+def _track_labels(frames: list[tuple[int, np.ndarray]], detector: Any, det_cfg: Any = None,
+                  sheet: str | Path | None = None) -> tuple[dict[int, dict[str, Any]], int]:
+    """Labels {frame index: {boxes, pids, camid}} of unlabelled frames from tracks (camid = time third).
+
+    ``det_cfg`` (DetectorConfig-like: min_score, min_height, max_crops, pad) filters boxes as the
+    nodes do, so the graph's boxes meet the same boxes here. Returns (labels, identities).
+    """
+    from types import SimpleNamespace
+
+    from latent_rag_ros.datasets import Sample
+    from latent_rag_ros.eval.tracks import TrackerConfig, contact_sheet, track, track_samples
+    from latent_rag_ros.people import crop_people
+
+    rules = det_cfg or SimpleNamespace(min_score=0.0, min_height=48, max_crops=8, pad=0.05)
+    samples = []
+    for pos, (_index, frame) in enumerate(frames):   # track over positions: gaps count processed frames
+        for b, person in enumerate(crop_people(detector, frame, rules)):
+            samples.append(Sample(person.crop, f"p{pos}_b{b}", None, None, pos,
+                                  tuple(float(v) for v in person.box)))
+    segment = max(1, -(-len(frames) // 3))
+    tcfg = TrackerConfig(max_gap=2)
+    n_ids = track_samples(samples, tcfg, segment=segment)
+    if sheet is not None and n_ids:
+        tracks = track([s.frame for s in samples], [s.box for s in samples], [s.image for s in samples], tcfg)
+        for t in tracks:
+            t.frames = [frames[p][0] for p in t.frames]   # the sheet shows frame indices, not positions
+        contact_sheet(tracks, [s.image for s in samples], sheet)
+    labels: dict[int, dict[str, Any]] = {}
+    for s in samples:
+        index = frames[s.frame][0]
+        s.frame = index
+        lab = labels.setdefault(index, {"boxes": [], "pids": [], "camid": s.camid})
+        lab["boxes"].append(list(s.box))
+        lab["pids"].append(s.pid)
+    return labels, n_ids
+
+
 def _protected_bag_data(path: str, protected_bag: str, max_queries: int | None,
-                        max_attack: int | None, seed: int) -> EvalData:
+                        max_attack: int | None, seed: int, detector: Any = None, det_cfg: Any = None,
+                        sheet: str | Path | None = None) -> EvalData:
+    """Queries are the graph's protected crops; identities from the bag's labels or from tracks.
+
+    With labels (the camera bag's label topic, or tracks of a detector over its frames), each
+    protected crop takes the pid of the labelled box it overlaps (IoU >= 0.5); the raw labelled
+    crops of the bag form the gallery (time segments as cameras). Labelled crops with a match in
+    another segment alternate between queries and attacker pairs; the rest train the attacker.
+    """
     import cv2
 
-    from latent_rag_ros.datasets import crop
-    from latent_rag_ros.eval.bags import read_images, read_protected
+    from latent_rag_ros.datasets import _match_label, crop
+    from latent_rag_ros.eval.bags import read_images, read_labels, read_protected
 
     records = read_protected(protected_bag)
     if not records:
@@ -150,23 +196,57 @@ def _protected_bag_data(path: str, protected_bag: str, max_queries: int | None,
     wanted: dict[int, list[int]] = {}
     for i, r in enumerate(records):
         wanted.setdefault(r["stamp_ns"], []).append(i)
+    frames = [(k, stamp, frame) for k, (_t, stamp, frame) in enumerate(read_images(path))]
+    notes: list[str] = []
+    by_stamp = read_labels(path)
+    if not by_stamp and detector is not None and frames:
+        by_index, n_ids = _track_labels([(k, f) for k, _s, f in frames], detector, det_cfg, sheet)
+        by_stamp = {stamp: by_index[k] for k, stamp, _f in frames if k in by_index}
+        notes.append(f"identities from tracks (IoU + colour histogram) over the camera bag: {n_ids} people, "
+                     "thirds of the bag act as cameras; a person who leaves and re-enters counts twice")
     originals: dict[int, np.ndarray] = {}
-    for _t, stamp, frame in read_images(path):
+    gallery, g_pids, g_cams = [], [], []
+    for k, stamp, frame in frames:
+        lab = by_stamp.get(stamp)
         for i in wanted.get(stamp, []):
             x, y, w, h = records[i]["box"]
             try:
                 originals[i] = crop(frame, (x, y, x + w, y + h))
             except ValueError:
                 continue
+            if lab:
+                pid, cam = _match_label(np.array([x, y, x + w, y + h], np.float64), lab)
+                records[i]["pid"], records[i]["camid"] = pid, (cam if cam is not None else k)
+        for box, pid in zip((lab or {}).get("boxes", []), (lab or {}).get("pids", []), strict=False):
+            if pid is None:
+                continue
+            try:
+                gallery.append(crop(frame, box))
+            except ValueError:
+                continue
+            g_pids.append(str(pid))
+            g_cams.append(int(lab.get("camid") if lab.get("camid") is not None else k))
     keep = [i for i in range(len(records)) if i in originals]
     if not keep:
         raise ValueError(f"{protected_bag}: no protected crop matches a frame of {path} (header stamps differ)")
-    notes = []
     if len(keep) < len(records):
         notes.append(f"{len(records) - len(keep)} protected crops had no matching camera frame")
-    n_q = max_queries if max_queries is not None else max(1, (len(keep) + 1) // 2)
-    n_q = min(n_q, len(keep) - 1) if len(keep) > 1 else 1
-    q_idx, a_idx = keep[:n_q], _subsample(keep[n_q:], max_attack, seed)
+    cams_of: dict[str, set[int]] = {}
+    for p, c in zip(g_pids, g_cams, strict=True):
+        cams_of.setdefault(p, set()).add(c)
+    matchable = [i for i in keep if records[i].get("pid") is not None
+                 and cams_of.get(records[i]["pid"], set()) - {records[i]["camid"]}]
+    if len(matchable) >= 2:
+        q_idx = _spread(matchable[0::2], max_queries)
+        rest = [i for i in keep if i not in set(q_idx)]
+        notes.append(f"{len(matchable)} protected crops have a labelled match at another time; every other one "
+                     "is a query")
+    else:
+        n_q = max_queries if max_queries is not None else max(1, (len(keep) + 1) // 2)
+        n_q = min(n_q, len(keep) - 1) if len(keep) > 1 else 1
+        q_idx, rest = keep[:n_q], keep[n_q:]
+        gallery, g_pids, g_cams = [], [], []
+    a_idx = _subsample(rest, max_attack, seed)
 
     def prot(i: int) -> np.ndarray:
         img, o = records[i]["image"], originals[i]
@@ -174,20 +254,108 @@ def _protected_bag_data(path: str, protected_bag: str, max_queries: int | None,
             img = cv2.resize(img, (o.shape[1], o.shape[0]), interpolation=cv2.INTER_LINEAR)
         return img
 
-    labels = [records[i]["label"] or None for i in q_idx]
+    if gallery:
+        labels: list[str | None] = [records[i]["pid"] for i in q_idx]
+        q_cams = [int(records[i]["camid"]) for i in q_idx]
+    else:
+        labels = [records[i]["label"] or None for i in q_idx]
+        q_cams = [-1] * len(q_idx)
     return EvalData(
-        "bag+protected", path, [originals[i] for i in q_idx], labels, [-1] * len(q_idx),
-        [f"{records[i]['stamp_ns']}" for i in q_idx], attack=[originals[i] for i in a_idx],
+        "bag+protected", path, [originals[i] for i in q_idx], labels, q_cams,
+        [f"{records[i]['stamp_ns']}" for i in q_idx], gallery, list(g_pids), list(g_cams),
+        attack=[originals[i] for i in a_idx],
         protected=[prot(i) for i in q_idx],
         protected_embeddings=np.stack([records[i]["embedding"] for i in q_idx]),
         protected_model=records[q_idx[0]]["embedding_model"],
-        attack_protected=[prot(i) for i in a_idx], notes=notes)
+        attack_protected=[prot(i) for i in a_idx], notes=notes,
+        query_keys=[[int(records[i]["stamp_ns"]), *(int(v) for v in records[i]["box"])] for i in q_idx])
+
+
+def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries: int | None,
+                  max_attack: int | None, seed: int, sheet: str | Path | None, max_frames: int = 200,
+                  store_fraction: float = 0.5) -> EvalData:
+    """An unlabelled video or camera bag: the first part builds the store, the rest is evaluated on tracks.
+
+    At most ``max_frames`` frames are read, evenly spaced. The first ``store_fraction`` of them give the
+    trusted store's crops (as the demo does); on the rest, tracks give identities, thirds of the time
+    act as cameras, the middle crop of each (person, third) with the person seen in another third is
+    a query, and the other labelled crops are the raw gallery (and the attacker's training data).
+    """
+    from types import SimpleNamespace
+
+    from latent_rag_ros.datasets import DatasetError, Sample, crop, read_video_frames
+    from latent_rag_ros.people import crop_people
+
+    if detector is None:
+        raise ValueError(f"{path}: an unlabelled {kind} needs a person detector (detector.kind)")
+    if kind == "video":
+        import cv2
+
+        cap = cv2.VideoCapture(path)
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        cap.release()
+        step = max(1, -(-total // max_frames)) if total > 0 else 1
+        frames = list(read_video_frames(path, frame_step=step))
+    else:
+        from latent_rag_ros.eval.bags import read_images
+
+        frames = [(k, f) for k, (_t, _s, f) in enumerate(read_images(path))]
+        if len(frames) > max_frames:
+            frames = _spread(frames, max_frames)
+    if len(frames) < 4:
+        raise DatasetError(f"{path}: {len(frames)} frames; an unlabelled {kind} needs at least 4 "
+                           "(half build the trusted store, half are evaluated)")
+    n_store = max(1, int(len(frames) * store_fraction)) if store_fraction > 0 else 0
+    rules = det_cfg or SimpleNamespace(min_score=0.0, min_height=48, max_crops=8, pad=0.05)
+    store = [Sample(p.crop, f"{Path(path).name}#f{i:06d}_b{b}", None, None, i)
+             for i, f in frames[:n_store] for b, p in enumerate(crop_people(detector, f, rules))]
+    if not store and n_store:
+        raise DatasetError(f"{path}: no person detected in the first {n_store} frames to build the trusted store")
+    rest = frames[n_store:]
+    labels, n_ids = _track_labels(rest, detector, det_cfg, sheet)
+    by_frame = dict(rest)
+    samples = []
+    for i, lab in sorted(labels.items()):
+        for b, (box, pid) in enumerate(zip(lab["boxes"], lab["pids"], strict=True)):
+            samples.append(Sample(crop(by_frame[i], box), f"{Path(path).name}#f{i:06d}_b{b}", pid,
+                                  lab["camid"], i, tuple(box)))
+    notes = [(f"no labels: the first {n_store} of {len(frames)} frames built the trusted store ({len(store)} crops); "
+              if n_store else f"no labels; the given store is used; {len(frames)} frames: ") +
+             f"identities in {len(rest)} frames from tracks (IoU + colour histogram): {n_ids} people; thirds "
+             "of that time act as cameras; a person who leaves and re-enters counts twice"]
+    groups: dict[tuple[str, int], list[Any]] = {}
+    for smp in samples:
+        if smp.pid is not None:
+            groups.setdefault((smp.pid, smp.camid), []).append(smp)
+    cams: dict[str, set[int]] = {}
+    for pid, cam in groups:
+        cams.setdefault(pid, set()).add(cam)
+    query = [g[len(g) // 2] for (pid, cam), g in groups.items() if cams[pid] - {cam}]
+    query = _spread(query, max_queries)
+    if not query:
+        notes.append("no tracked person was seen in two thirds of the time: no Rank-1/mAP")
+        unl = _unsplit_data(path, kind, [Sample(x.image, x.name, None, None, x.frame) for x in samples] or store,
+                            max_queries, max_attack, seed)
+        unl.g_samples, unl.notes = store, notes + unl.notes
+        return unl
+    qn = {q.name for q in query}
+    gallery = [x for x in samples if x.pid is not None and x.name not in qn]
+    attack = _subsample(gallery, max_attack, seed)
+    return EvalData(kind, path, [q.image for q in query], [q.pid for q in query], [int(q.camid) for q in query],
+                    [_group_of(q) for q in query], [g.image for g in gallery], [g.pid for g in gallery],
+                    [int(g.camid) for g in gallery], store, [a.image for a in attack], notes=notes)
 
 
 def load_eval_data(source: str | Path, max_queries: int | None = None, max_gallery: int | None = None,
                    max_attack: int | None = 256, protected_bag: str | Path | None = None,
-                   detector: Any = None, seed: int = 0) -> EvalData:
-    """Read an evaluation source into queries, raw gallery and the attacker's disjoint split."""
+                   detector: Any = None, seed: int = 0, det_cfg: Any = None,
+                   sheet: str | Path | None = None, store_fraction: float = 0.5) -> EvalData:
+    """Read an evaluation source into queries, raw gallery and the attacker's disjoint split.
+
+    ``det_cfg`` filters detections like the nodes; ``sheet``: where to write the contact sheet of
+    tracks when identities come from tracking; ``store_fraction``: the share of an unlabelled video or
+    bag that builds the trusted store (0 when a store is given: everything is evaluated).
+    """
     from latent_rag_ros.datasets import open_source, source_kind
 
     path = str(source)
@@ -195,8 +363,15 @@ def load_eval_data(source: str | Path, max_queries: int | None = None, max_galle
     if protected_bag is not None:
         if kind != "bag":
             raise ValueError(f"--protected needs the camera bag it was recorded from as source, got a {kind}")
-        return _protected_bag_data(path, str(protected_bag), max_queries, max_attack, seed)
+        return _protected_bag_data(path, str(protected_bag), max_queries, max_attack, seed, detector, det_cfg,
+                                   sheet)
     if kind in ("market", "msmt17", "cuhk03"):
         return _benchmark_data(path, kind, max_queries, max_gallery, max_attack, seed)
+    if kind in ("video", "bag"):
+        from latent_rag_ros.eval.bags import read_labels
+
+        if kind == "video" or not read_labels(path):
+            return _tracked_data(path, kind, detector, det_cfg, max_queries, max_attack, seed, sheet,
+                                 store_fraction=store_fraction)
     samples = list(open_source(path, detector=detector))
     return _unsplit_data(path, kind, samples, max_queries, max_attack, seed)

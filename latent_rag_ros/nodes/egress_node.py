@@ -1,19 +1,80 @@
-"""egress_node: the only publisher of /reid/protected.
+"""egress_node: the only publisher of /reid/protected (egress zone: protected data only).
 
-It subscribes to the protector's internal topic with the ProtectedCrop type (so nothing else can
-arrive), checks each message is well-formed (image present, finite embedding), and forwards it with
-reliable QoS. Anything malformed is dropped and counted.
+It subscribes to the protector's topic with the ProtectedCrop type, forwards a message only when its
+HMAC tag proves this robot's protector made it (latent_rag_ros/egress_auth.py) and it is well-formed
+(image present, finite embedding), then strips the tag and, unless ``ros.evaluation_mode`` is on,
+the evaluation-only fields (identity label, stage timings). Anything else is dropped and counted in
+/diagnostics. It runs in the egress zone: SHM to hear the host-local protector, UDP to the network.
 """
 
 from __future__ import annotations
 
+import array
 import math
+import struct
+import sys
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 
+from latent_rag_ros.egress_auth import EgressTagger, key_file, load_key
 from latent_rag_ros.msg import ProtectedCrop
 from latent_rag_ros.nodes.common import NodeStatus, declare_config, qos_profile
+from latent_rag_ros.zones import EGRESS
+
+
+def _canonical(value: Any) -> bytes:
+    """Deterministic, length-prefixed bytes of a message value (recursively, every field in order)."""
+    if hasattr(value, "get_fields_and_field_types"):
+        return b"".join(_canonical(getattr(value, f)) for f in value.get_fields_and_field_types())
+    if isinstance(value, array.array):
+        raw = value.tobytes() if sys.byteorder == "little" else _swapped(value)
+    elif isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+    elif isinstance(value, bool):
+        raw = b"\x01" if value else b"\x00"
+    elif isinstance(value, int):
+        raw = struct.pack("<q", value)
+    elif isinstance(value, float):
+        raw = struct.pack("<d", value)
+    elif isinstance(value, (list, tuple)):
+        raw = struct.pack("<Q", len(value)) + b"".join(_canonical(v) for v in value)
+    else:
+        raise TypeError(f"cannot canonicalise {type(value).__name__}")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _swapped(values: array.array) -> bytes:
+    copy = array.array(values.typecode, values)
+    copy.byteswap()
+    return copy.tobytes()
+
+
+def protected_payload(msg: ProtectedCrop) -> bytes:
+    """The bytes the tag covers: every field except ``tag``, canonically encoded.
+
+    Not the CDR serialization: rmw leaves its alignment padding uninitialised, so the same message
+    serializes to different bytes in the protector and in egress (measured).
+    """
+    return b"".join(_canonical(getattr(msg, f)) for f in msg.get_fields_and_field_types() if f != "tag")
+
+
+def sign_protected(tagger: EgressTagger, msg: ProtectedCrop) -> None:
+    """Set ``msg.tag`` to the protector's HMAC over :func:`protected_payload`."""
+    msg.tag = list(tagger.tag(protected_payload(msg)))
+
+
+def strip_for_egress(msg: ProtectedCrop, evaluation_mode: bool) -> ProtectedCrop:
+    """The message as it leaves the robot: no tag; no label or timings unless in evaluation mode."""
+    msg.tag = []
+    if not evaluation_mode:
+        msg.label = ""
+        msg.stage_names = []
+        msg.stage_ms = []
+    return msg
 
 
 def egress_problem(msg: ProtectedCrop) -> str:
@@ -36,25 +97,37 @@ def egress_problem(msg: ProtectedCrop) -> str:
 class EgressNode(Node):
     """Forwards ProtectedCrop messages, and only those, to the remote re-ID topic."""
 
+    ZONE = EGRESS
+
     def __init__(self) -> None:
         super().__init__("egress_node")
         self.cfg = declare_config(self)
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
+        self.tagger = EgressTagger(load_key(key_file()))
+        self.evaluation_mode = bool(self.cfg.ros.evaluation_mode)
+        if self.evaluation_mode:
+            self.get_logger().warning("EVALUATION MODE: identity labels and stage timings leave the robot")
         qos = qos_profile(self.cfg.ros.output_qos)
         self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.egress_topic, qos)
         self.sub = self.create_subscription(ProtectedCrop, self.cfg.ros.protected_topic, self.on_protected, qos)
-        self.status.set(DiagnosticStatus.OK, "forwarding", model_loaded="n/a")
+        self.status.set(DiagnosticStatus.OK, "forwarding", model_loaded="n/a",
+                        evaluation_mode=self.evaluation_mode)
         self.get_logger().info(f"forwarding {self.cfg.ros.protected_topic} -> {self.cfg.ros.egress_topic}")
 
     def on_protected(self, msg: ProtectedCrop) -> None:
-        """Forward a well-formed protected crop; drop and count anything else."""
+        """Forward a well-formed protected crop with a valid tag; drop and count anything else."""
         self.status.count("frames_in")
+        if not self.tagger.verify(protected_payload(msg), bytes(msg.tag)):
+            self.status.reject("dropped_bad_tag", "missing or invalid integrity tag")
+            self.get_logger().warning("not forwarded: missing or invalid integrity tag (not from this "
+                                      "robot's protector)", throttle_duration_sec=5.0)
+            return
         problem = egress_problem(msg)
         if problem:
             self.status.reject("dropped_invalid", problem)
             self.get_logger().warning(f"not forwarded: {problem}", throttle_duration_sec=5.0)
             return
-        self.pub.publish(msg)
+        self.pub.publish(strip_for_egress(msg, self.evaluation_mode))
         self.status.count("frames_out")
 
 

@@ -2,11 +2,14 @@
 
 ``ros2 launch`` cannot be installed from PyPI; this runner starts the same executables with the
 same parameters (``config_file`` and overrides), forwards SIGINT/SIGTERM and stops every node.
+Each node process gets its transport zone's environment (latent_rag_ros/zones.py: robot-internal
+nodes host-local only) and protector and egress share a fresh per-run egress key.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from latent_rag_ros.config import use_fastdds_profile
+from latent_rag_ros.egress_auth import KEY_ENV, new_run_key
+from latent_rag_ros.zones import zone_env
 
 ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
 RESTARTS_ENV = "LATENT_RAG_RESTARTS"   # how often this node was restarted (its /diagnostics shows it)
@@ -51,6 +55,7 @@ class Graph:
     """A set of running node processes."""
 
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    run_key_dir: str | None = None     # the per-run egress key's private folder (removed on stop)
     respawn: Respawn = field(default_factory=lambda: Respawn(max_retries=0))
     restarts: dict[str, int] = field(default_factory=dict)
     _launch: dict[str, tuple[list[str], dict[str, str], str | None]] = field(default_factory=dict)
@@ -64,15 +69,22 @@ class Graph:
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
     ) -> None:
-        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...``."""
+        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...`` in its zone."""
         params = []
         if config_file:
             params += ["-p", f"config_file:={os.path.abspath(config_file)}"]
         for k, v in (overrides or {}).items():
             params += ["-p", f"{k}:={_ros_value(v)}"]
+        base = {**os.environ, **(env or {})}
+        if not base.get(KEY_ENV):
+            if self.run_key_dir is None:
+                self.run_key_dir = str(new_run_key({}).parent)
+            base[KEY_ENV] = os.path.join(self.run_key_dir, "egress.key")
         for name in nodes:
             cmd = [sys.executable, "-m", f"latent_rag_ros.nodes.{name}", "--ros-args", *params]
-            child_env = use_fastdds_profile({**os.environ, **(env or {})})
+            child_env, warnings = zone_env(name, base)
+            for w in warnings:
+                print(f"[latent-rag run] WARNING ({name}): {w}", file=sys.stderr, flush=True)
             self._launch[name] = (cmd, child_env, log_dir)
             self.restarts.setdefault(name, 0)
             self._spawn(name)
@@ -126,7 +138,37 @@ class Graph:
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes[name] = p.wait()
+        if self.run_key_dir:
+            shutil.rmtree(self.run_key_dir, ignore_errors=True)
+            self.run_key_dir = None
         return codes
+
+
+def provision_local_keys(config_file: str | None, overrides: dict[str, Any] | None = None) -> list[str]:
+    """Create the robot and administrator link keys of a local store if they are missing; returns what it made.
+
+    ``latent-rag run --with-store`` and the demo call this, so a one-machine graph just works; a real
+    deployment provisions keys with ``latent-rag keys new`` and copies each robot's file to it.
+    """
+    from latent_rag_ros.config import load_config
+    from latent_rag_ros.security import new_key
+    from latent_rag_ros.security.keys import key_path
+
+    cfg = load_config(config_file or None, overrides or {})
+    keys_dir = cfg.resolve_path(cfg.link.keys_dir) if cfg.link.keys_dir else ""
+    made = []
+    for key_id, role in ((cfg.link.key_id, "robot"), (cfg.link.admin_key_id, "admin")):
+        if not key_path(keys_dir, key_id).exists():
+            made.append(str(new_key(keys_dir, key_id, role).path))
+    return made
+
+
+def graph_nodes(with_store: bool, overrides: dict[str, Any]) -> tuple[str, ...]:
+    """The node processes of ``latent-rag run``: a local store, or a relay to the remote one."""
+    if with_store:
+        return ("store_node", *ROBOT_NODES)
+    overrides.setdefault("link.via_relay", True)   # the host-local protector reaches the network via the relay
+    return (*ROBOT_NODES, "relay_node")
 
 
 def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, Any] | None = None,
@@ -142,7 +184,11 @@ def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, An
         stop["flag"] = True
 
     old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    nodes = (("store_node",) if with_store else ()) + ROBOT_NODES
+    overrides = dict(overrides or {})
+    nodes = graph_nodes(with_store, overrides)
+    if with_store:
+        for path in provision_local_keys(config_file, overrides):
+            print(f"[latent-rag run] created link key {path} (0600)", flush=True)
     graph.start(nodes, config_file, overrides)
     print(f"[latent-rag run] started {', '.join(nodes)}; Ctrl-C to stop", flush=True)
     code = 0

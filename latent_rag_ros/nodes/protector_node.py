@@ -8,6 +8,7 @@ not answer, the status says so and NOTHING is published for those crops: never a
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import rclpy
@@ -19,6 +20,7 @@ from sensor_msgs.msg import RegionOfInterest
 from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.core.protector import Protector, resolve_device
 from latent_rag_ros.core.retrieval import Retrieved
+from latent_rag_ros.egress_auth import EgressTagger, key_file, load_key
 from latent_rag_ros.models.factory import build_models
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import (
@@ -33,6 +35,9 @@ from latent_rag_ros.nodes.common import (
     now_ms,
     qos_profile,
 )
+from latent_rag_ros.nodes.egress_node import sign_protected
+from latent_rag_ros.nodes.link import client_sealer, open_reply, to_request
+from latent_rag_ros.security import ClientSealer
 from latent_rag_ros.srv import RetrieveLatents
 
 MAX_LABEL_CHARS = 256   # identity labels longer than this are refused (they travel off the robot)
@@ -57,6 +62,7 @@ class ProtectorNode(Node):
         super().__init__("protector_node")
         self.cfg = declare_config(self)
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
+        self.tagger = EgressTagger(load_key(key_file()))   # egress forwards only what this node tagged
         device = resolve_device(self.cfg.protector.device)
         models = build_models(self.cfg, device, with_encoder=False)
         self.random_weights = models.random_weights
@@ -68,7 +74,11 @@ class ProtectorNode(Node):
             self.get_logger().warning(f"RANDOM-WEIGHT models in use: {', '.join(self.random_weights)}")
         self.status.set(DiagnosticStatus.OK, "waiting for crops", model_loaded=True, device=str(device),
                         random_weights=",".join(self.random_weights) or "none", store_reachable="unknown")
-        self.client = self.create_client(RetrieveLatents, self.cfg.ros.retrieve_service)
+        # the trusted store directly (local store over SHM) or through the host-local relay (remote store)
+        service = self.cfg.link.relay_service if self.cfg.link.via_relay else self.cfg.ros.retrieve_service
+        self.client = self.create_client(RetrieveLatents, service)
+        self._sealer: ClientSealer | None = None
+        self._link_sealer()
         self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
                                          qos_profile(self.cfg.ros.output_qos))
         self.limits = frame_limits(self.cfg)
@@ -109,34 +119,52 @@ class ProtectorNode(Node):
                     self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
                     self.get_logger().error(f"protection failed: {exc}")
 
-    def _retrieve(self, identity: np.ndarray) -> list[RetrieveLatents.Response | None]:
-        """One asynchronous service call per identity vector; None where it failed or timed out."""
-        if not self.client.wait_for_service(timeout_sec=self.cfg.ros.service_timeout_s):
+    def _link_sealer(self) -> ClientSealer | None:
+        """This robot's link key (``link.key_id``), loaded once it exists (provisioning needs no restart)."""
+        if self._sealer is None:
+            try:
+                self._sealer = client_sealer(self.cfg)
+            except ValueError as exc:   # KeyFileError included: missing, unreadable or revoked
+                self.status.set(DiagnosticStatus.ERROR, "no link key: nothing can be protected", link_key=False)
+                self.get_logger().error(f"trusted store link: {exc}", throttle_duration_sec=10.0)
+                return None
+            self.status.set(self.status.level, self.status.message, link_key=True)
+        return self._sealer
+
+    def _retrieve(self, identity: np.ndarray) -> list[SimpleNamespace | None]:
+        """One sealed, authenticated RetrieveLatents call per identity vector, all in flight; None where it failed."""
+        sealer = self._link_sealer()
+        if sealer is None or not self.client.wait_for_service(timeout_sec=self.cfg.ros.service_timeout_s):
             return [None] * len(identity)
-        events, futures = [], []
+        meta = {"m": int(self.cfg.protector.m), "exclude_id": -1, "exclude_label": "",
+                "generator": self.sources.get("generator", ""), "reid": self.sources.get("reid", "")}
+        pending = []
         for f in identity:
-            req = RetrieveLatents.Request(identity=f32_array(f), m=self.cfg.protector.m, exclude_id=-1,
-                                          exclude_label="", generator=self.sources.get("generator", ""),
-                                          reid=self.sources.get("reid", ""), client=self.get_fully_qualified_name())
+            env = sealer.seal("retrieve", meta, {"identity": np.asarray(f, np.float32)})
             ev = threading.Event()
-            fut = self.client.call_async(req)
+            fut = self.client.call_async(to_request("retrieve", env))
             fut.add_done_callback(lambda _f, ev=ev: ev.set())
-            events.append(ev)
-            futures.append(fut)
-        out: list[RetrieveLatents.Response | None] = []
+            pending.append((env, fut, ev))
+        out: list[SimpleNamespace | None] = []
         deadline = now_ms() + self.cfg.ros.service_timeout_s * 1e3
-        for ev, fut in zip(events, futures):
+        for env, fut, ev in pending:
             if not ev.wait(max(0.0, (deadline - now_ms()) / 1e3)):
                 self.client.remove_pending_request(fut)
                 out.append(None)
                 continue
             res = fut.result()
-            if res is None or not res.ok:
-                if res is not None:
-                    self.get_logger().warning(f"store refused: {res.message}", throttle_duration_sec=5.0)
+            reply = open_reply(sealer, "retrieve", env, res) if res is not None else None
+            if reply is None or not reply.ok:
+                message = reply.message if reply is not None else "no reply"
+                self.get_logger().warning(f"store refused: {message}", throttle_duration_sec=5.0)
+                if "not authenticated" in message:
+                    self._sealer = None   # re-read the key file next time: it may have been rotated
                 out.append(None)
-            else:
-                out.append(res)
+                continue
+            lat = reply.arrays["latents"]
+            out.append(SimpleNamespace(latents=np.ascontiguousarray(lat, np.float32), shape=list(lat.shape),
+                                       scores=np.ascontiguousarray(reply.arrays["scores"], np.float32),
+                                       ids=reply.arrays["ids"], store_version=str(reply.meta.get("store_version"))))
         return out
 
     def process(self, msg: PersonCrops) -> None:
@@ -197,6 +225,7 @@ class ProtectorNode(Node):
             out.steps = int(self.cfg.protector.steps)
             out.stage_names = names
             out.stage_ms = [float(result.timings_ms[k]) for k in names]
+            sign_protected(self.tagger, out)
             self.pub.publish(out)
         self.status.count("crops_out", len(keep))
         for k, v in result.timings_ms.items():

@@ -16,8 +16,8 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from latent_rag_ros.config import use_fastdds_profile
 from latent_rag_ros.msg import ProtectedCrop
+from latent_rag_ros.zones import INTERNAL, apply_zone
 
 PROTECTED_TYPE = "latent_rag_ros/msg/ProtectedCrop"
 
@@ -69,7 +69,7 @@ def replay_bag(
     camera_topic = camera_topic + "/compressed" if compressed else camera_topic
     own_init = not rclpy.ok()
     if own_init:
-        use_fastdds_profile()  # whole camera frames over shared memory (see config/fastdds_large_images.xml)
+        apply_zone(INTERNAL)  # raw camera frames: a robot-internal participant (host-local, SHM only)
         rclpy.init()
     node = Node("latent_rag_replay")
     received: list[tuple[int, bytes]] = []

@@ -10,13 +10,36 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from latent_rag_ros.zones import ZoneError, apply_zone, zone_of
+
+
+def node_zone(factory: Callable[[], Node]) -> str:
+    """The factory's ``ZONE`` attribute, else the zone of its module's name (``store_node`` ...)."""
+    zone = getattr(factory, "ZONE", None)
+    if zone:
+        return zone
+    module = getattr(factory, "__module__", "") or ""
+    if module == "__main__":   # started as python -m latent_rag_ros.nodes.<name>
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else ""
+    return zone_of(module.rsplit(".", 1)[-1])
+
 
 def spin_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 4) -> int:
     """Create the node, spin it on a multi-threaded executor until shutdown; 0 on a clean stop.
 
     SIGINT and SIGTERM both end the spin (rclpy's handlers), after which the node is destroyed
-    (its worker threads and models released) before the process exits.
+    (its worker threads and models released) before the process exits. The node's transport zone
+    (:func:`node_zone`; robot-internal for unknown nodes) is applied to this process's environment
+    before the DDS participant exists, whatever the user exported (latent_rag_ros/zones.py).
     """
+    name = getattr(factory, "__name__", "node")
+    try:
+        for warning in apply_zone(node_zone(factory)):
+            print(f"[{name}] WARNING: {warning}", file=sys.stderr, flush=True)
+    except ZoneError as exc:
+        print(f"[{name}] fatal: {exc}", file=sys.stderr)
+        return 1
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.ALL)
     node = None
     code = 0
@@ -31,7 +54,7 @@ def spin_node(factory: Callable[[], Node], args: list[str] | None = None, thread
         # SIGTERM/SIGINT can shut the context down while the executor is between waits; rclpy then
         # raises "context is not valid" from the wait set instead of ExternalShutdownException
         if node is None or rclpy.ok():
-            print(f"[{getattr(factory, '__name__', 'node')}] fatal: {exc}", file=sys.stderr)
+            print(f"[{name}] fatal: {exc}", file=sys.stderr)
             code = 1
     finally:
         if node is not None:
