@@ -84,6 +84,12 @@ class StoreConfig:
     max_add: int = 1024               # entries per AddIdentities call
     rate_limit_hz: float = 0.0        # RetrieveLatents requests per second per robot key; 0 = off
     rate_limit_burst: float = 0.0     # requests a client may make at once (0: max(1, rate_limit_hz))
+    key_file: str = ""                # AES-256-GCM store key (0600, outside the store dir); "" = not encrypted
+    audit_file: str = ""              # hash-chained audit trail; "" = audit.log in a store directory
+    audit_window_s: float = 60.0      # abnormal-rate window: an entry retrieved more than
+    audit_flag_count: int = 600       # audit_flag_count times in audit_window_s is flagged (0 = off)
+    max_age_s: float = 0.0            # retention: entries older than this are erased; 0 = keep forever
+    retention_check_s: float = 3600.0  # how often store_node applies max_age_s
 
 
 @dataclass
@@ -197,6 +203,10 @@ def _validate(cfg: Config) -> None:
         (p.batch_size >= 1, "protector.batch_size must be >= 1"),
         (p.batch_window_ms >= 0, "protector.batch_window_ms must be >= 0 (0 = one frame per batch)"),
         (cfg.store.max_m >= 1, "store.max_m must be >= 1"),
+        (cfg.store.max_age_s >= 0, "store.max_age_s must be >= 0 (0 = keep forever)"),
+        (cfg.store.retention_check_s > 0, "store.retention_check_s must be > 0"),
+        (cfg.store.audit_window_s > 0 and cfg.store.audit_flag_count >= 0,
+         "store.audit_window_s must be > 0 and store.audit_flag_count >= 0"),
         (cfg.ros.service_timeout_s > 0, "ros.service_timeout_s must be > 0"),
         (cfg.ros.status_period_s > 0, "ros.status_period_s must be > 0"),
         (cfg.ros.max_queue >= 1, "ros.max_queue must be >= 1"),
