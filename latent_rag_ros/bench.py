@@ -1,47 +1,211 @@
-"""``latent-rag bench protect``: per-stage latency of the Protector for a few batch sizes.
+"""``latent-rag bench protect``: the authors' reference loop, today's eager loop and the fast path, side by side.
 
-Uses the configured models (random weights when the demo weights are missing: timings do not depend
-on the weights) and a throw-away store in memory-mapped temporary files.
+For each generator architecture (random weights: timings do not depend on the weights) and batch size,
+one process runs, on the same weights, crops and throw-away store:
+- (a) ``reference``: the authors' update rule (schedule ``authors``: two forward and backward passes
+  per step, MI-FGSM 0.9), fp32, eager (``protector.fast_path=false``): the speed baseline;
+- (e) ``eager``: the package's eager loop of the configured schedule (the paper's I-FGSM by default);
+- (b) ``fast``: the fast path of the configured schedule (core/fastpath.py).
+It prints ms/crop (median of the repeats, paths taken in turn), per-stage ms/crop, peak memory (autograd
+saved tensors on any device; the allocator peak on CUDA), speed-ups a/b and e/b, and the deviation of (b)
+from (e): max |dw_adv|, the share of flipped sign steps and the SSIM between their images.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
+import time
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 
+# Official NVlabs constructor kwargs (stylegan3 train.py: T = cbase/cmax; R = conv_kernel 1, radial filters,
+# doubled cbase/cmax). 256x256 T as released (stylegan3-t-ffhqu-256x256: cbase 16384); the StyleGAN-Human
+# rectangular R uses train.py's default cbase 32768 (doubled for R), 16 W+ rows as the 256/512 models.
+_T = {"channel_base": 32768, "channel_max": 512}
+_R = {"channel_base": 65536, "channel_max": 1024, "conv_kernel": 1, "use_radial_filters": True}
+_NAME = re.compile(r"^sg3(?P<cfg>[tr])(?P<human>-human)?-(?P<h>\d+)(?:x(?P<w>\d+))?$")
+
+
+def generator_spec(name: str) -> dict[str, Any] | None:
+    """Official StyleGAN3 kwargs for ``sg3t-256``, ``sg3r-human-512x256``, ``sg3t-64`` ...; None for ``demo``."""
+    if name == "demo":
+        return None
+    m = _NAME.match(name)
+    if m is None:
+        raise ValueError(f"unknown generator {name!r}: use demo, sg3t-RES, sg3r-RES or sg3[t|r]-human-HxW")
+    h = int(m["h"])
+    human = m["human"] is not None
+    if (h & (h - 1)) or h < 16:
+        raise ValueError(f"{name}: the resolution must be a power of two >= 16")
+    if human != (m["w"] is not None) or (human and int(m["w"]) * 2 != h):
+        raise ValueError(f"{name}: StyleGAN-Human sizes are HxW with W = H/2 (e.g. sg3r-human-512x256)")
+    kw = dict(_T if m["cfg"] == "t" else _R)
+    if m["cfg"] == "t" and h <= 256 and not human:
+        kw["channel_base"] = 16384
+    return dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=h, img_channels=3, square=not human, **kw)
+
+
+def build_bench_generator(name: str, cfg: Any, device: torch.device) -> torch.nn.Module:
+    """A random-weight generator of architecture ``name``; ``demo``: the shipped demo generator."""
+    from latent_rag_ros.models.factory import build_generator as build_cfg_generator
+    from latent_rag_ros.models.generator_io import build_generator
+
+    spec = generator_spec(name)
+    if spec is None:
+        g = build_cfg_generator(replace(cfg, models=replace(cfg.models, generator="demo")), device)[0]
+    else:
+        torch.manual_seed(0)
+        g = build_generator("stylegan3", spec)
+    return g.to(device).eval().requires_grad_(False)
+
+
+class SavedTensorMemory:
+    """Peak bytes of tensors held for backward (autograd saved tensors), counted while they are alive.
+
+    A device-independent measure of a loop's activation memory (CPU has no allocator peak); the
+    parameters, inputs and allocator caches are not included.
+    """
+
+    class _Held:
+        def __init__(self, owner: SavedTensorMemory, t: torch.Tensor) -> None:
+            self.owner, self.t = owner, t
+            self.nbytes = t.untyped_storage().nbytes() if t.layout == torch.strided else 0
+            owner.live += self.nbytes
+            owner.peak = max(owner.peak, owner.live)
+
+        def __del__(self) -> None:
+            self.owner.live -= self.nbytes
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: self._Held(self, t), lambda h: h.t)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+    def __enter__(self) -> SavedTensorMemory:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def _cuda_peak_mb(device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _ssim_min_mean(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    from latent_rag_ros.core.imaging import tensor_to_bgr
+    from latent_rag_ros.eval.metrics import ssim
+
+    vals = [ssim(x, y) for x, y in zip(tensor_to_bgr(a), tensor_to_bgr(b))]
+    return min(vals), statistics.mean(vals)
+
+
+def _run_paths(prots: dict[str, Any], images: torch.Tensor, store: Any, repeats: int) -> dict[str, Any]:
+    """Per path: median per-stage ms over ``repeats`` runs taken in turn (a, e, b, a, e, b, ...), so a change
+    of machine load hits every path alike; peak memory; the last result. The first, untimed run of each path
+    at this batch size is the warm-up and counts the saved-tensor memory."""
+    out: dict[str, Any] = {}
+    for key, prot in prots.items():
+        with SavedTensorMemory() as mem:
+            prot.protect_with_store(images, store)
+        out[key] = {"runs": [], "saved_mb": mem.peak_mb}
+    for _ in range(repeats):
+        for key, prot in prots.items():
+            if prot.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(prot.device)
+            res = prot.protect_with_store(images, store)
+            out[key]["runs"].append(res.timings_ms)
+            out[key]["result"] = res
+            if prot.device.type == "cuda":
+                out[key]["cuda_peak_mb"] = max(out[key].get("cuda_peak_mb", 0.0), _cuda_peak_mb(prot.device))
+    for v in out.values():
+        v["ms"] = {k: statistics.median(r.get(k, 0.0) for r in v["runs"]) for k in v["runs"][0]}
+    return out
+
 
 def bench_protect(args: argparse.Namespace) -> int:
-    """Print mean per-stage milliseconds per batch for each batch size (JSON lines)."""
+    """Run the side-by-side benchmark; JSON lines per (generator, batch, path), then a summary table."""
     from latent_rag_ros.cli import config_from_args
+    from latent_rag_ros.core.fastpath import step_deviation
     from latent_rag_ros.core.protector import Protector, resolve_device
-    from latent_rag_ros.models.factory import build_models
+    from latent_rag_ros.models.factory import build_reid
     from latent_rag_ros.store import open_store
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     device = resolve_device(cfg.protector.device)
-    models = build_models(cfg, device, with_encoder=False)
-    g, reid = models.generator, models.reid
-    prot = Protector(g, reid, cfg.protector, device)
+    reid = build_reid(cfg, device)
+    base = cfg.protector
+    paths = {
+        "reference": replace(base, schedule="authors", momentum=0.0, fast_path=False, dtype="float32"),
+        "eager": replace(base, fast_path=False),
+        "fast": replace(base, fast_path=True),
+    }
+    rows: list[dict[str, Any]] = []
+    print(json.dumps({"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "reid": getattr(reid, "name", cfg.models.reid), "m": base.m, "T": base.steps,
+                      "schedule": base.schedule, "repeats": args.repeats}), flush=True)
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(f"{tmp}/store", create=True, dim=reid.dim, num_ws=g.num_ws, w_dim=g.w_dim)
-        n = max(64, cfg.protector.m * 4)
-        with torch.no_grad():
-            ws = g.mapping(torch.randn(n, g.z_dim, device=device)).cpu().numpy()
-        store.add(rng.normal(size=(n, reid.dim)).astype(np.float32), ws)
-        print(json.dumps({"device": str(device), "generator": models.sources["generator"],
-                          "reid": models.sources["reid"], "m": cfg.protector.m, "T": cfg.protector.steps}))
-        for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            images = torch.rand(bs, 3, *prot.working_size, device=device)
-            prot.protect_with_store(images, store)  # warm-up
-            runs = [prot.protect_with_store(images, store).timings_ms for _ in range(args.repeats)]
-            mean = {k: round(statistics.mean(r[k] for r in runs), 2) for k in runs[0]}
-            mean["per_crop_total"] = round(mean["total"] / bs, 2)
-            print(json.dumps({"batch": bs, "ms": mean}))
-        store.close()
+    for name in [g for g in args.generator.split(",") if g]:
+        t0 = time.perf_counter()
+        g = build_bench_generator(name, cfg, device)
+        prots = {k: Protector(g, reid, c, device) for k, c in paths.items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            store = open_store(f"{tmp}/store", create=True, dim=reid.dim, num_ws=g.num_ws, w_dim=g.w_dim)
+            n = max(32, base.m * 4)
+            with torch.no_grad():
+                ws = g.mapping(torch.randn(n, g.z_dim, device=device)).cpu().numpy()
+            store.add(rng.normal(size=(n, reid.dim)).astype(np.float32), ws)
+            print(json.dumps({"generator": name, "size": [g.img_height, g.img_width], "num_ws": g.num_ws,
+                              "setup_s": round(time.perf_counter() - t0, 1)}), flush=True)
+            for bs in [int(b) for b in args.batch_sizes.split(",")]:
+                images = torch.rand(bs, 3, *prots["fast"].working_size, device=device,
+                                    generator=torch.Generator(device=device).manual_seed(bs))
+                got = _run_paths(prots, images, store, args.repeats)
+                for key, v in got.items():
+                    ms = v["ms"]
+                    row = {"generator": name, "batch": bs, "path": key, "ms_per_crop": round(ms["total"] / bs, 1),
+                           "stages_ms_per_crop": {k: round(x / bs, 1) for k, x in ms.items() if k != "total"},
+                           "saved_tensors_peak_mb": round(v["saved_mb"], 1)}
+                    if "cuda_peak_mb" in v:
+                        row["cuda_peak_mb"] = round(v["cuda_peak_mb"], 1)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                fast, eager = got["fast"]["result"], got["eager"]["result"]
+                s_min, s_mean = _ssim_min_mean(fast.images, eager.images)
+                dev = {"generator": name, "batch": bs, "deviation": {
+                    **step_deviation(fast.w_adv, eager.w_adv, prots["fast"].step_options),
+                    "ssim_min": round(s_min, 4), "ssim_mean": round(s_mean, 4)}}
+                rows.append(dev)
+                print(json.dumps(dev), flush=True)
+            store.close()
+    _print_table(rows)
     return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    """Markdown summary: ms/crop of each path, speed-ups and the fast-vs-eager deviation."""
+    timed = {(r["generator"], r["batch"], r["path"]): r for r in rows if "path" in r}
+    devs = {(r["generator"], r["batch"]): r["deviation"] for r in rows if "deviation" in r}
+    print("\n| generator | batch | (a) reference ms/crop | eager ms/crop | (b) fast ms/crop | a/b | eager/b "
+          "| saved-tensor MB a / b | max abs dw | entries differing | flipped steps | SSIM min |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (gen, bs), d in devs.items():
+        a, e, b = (timed[(gen, bs, k)] for k in ("reference", "eager", "fast"))
+        print(f"| {gen} | {bs} | {a['ms_per_crop']} | {e['ms_per_crop']} | {b['ms_per_crop']} "
+              f"| {a['ms_per_crop'] / b['ms_per_crop']:.2f} | {e['ms_per_crop'] / b['ms_per_crop']:.2f} "
+              f"| {a['saved_tensors_peak_mb']:.0f} / {b['saved_tensors_peak_mb']:.0f} | {d['max_abs_dw']:.3g} "
+              f"| {d['entries_differing']:.2%} | {d['flipped_steps']:.2%} | {d['ssim_min']:.4f} |")

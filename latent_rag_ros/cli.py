@@ -197,10 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (not tests)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    p = bench_sub.add_parser("protect", help="per-stage protection latency for a batch size")
+    p = bench_sub.add_parser("protect", help="authors' loop vs eager vs fast path, side by side, per batch size")
     _add_config_args(p)
-    p.add_argument("--batch-sizes", default="1,4")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--generator", default="demo,sg3t-64,sg3r-human-64x32",
+                   help="comma list: demo, sg3t-RES, sg3r-RES, sg3[t|r]-human-HxW (e.g. sg3t-256,sg3r-human-512x256)")
+    p.add_argument("--batch-sizes", default="1,8", help="comma list (32 is optional on CPU: slow)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per path after one warm-up")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.set_defaults(func=lambda a: __import__("latent_rag_ros.bench", fromlist=["x"]).bench_protect(a))
 
     for module in ("latent_rag_ros.store.cli", "latent_rag_ros.eval.cli", "latent_rag_ros.training.cli",

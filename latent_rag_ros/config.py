@@ -55,7 +55,7 @@ class ProtectorConfig:
     coarse_step: float = 0.001        # sign-gradient step on coarse layers (paper: 0.001)
     fine_step: float = 0.01           # sign-gradient step on fine layers (paper: 0.01)
     momentum: float = 0.0             # MI-FGSM decay; 0 = plain I-FGSM as in the paper
-    schedule: str = "simultaneous"    # "simultaneous" or "alternating" coarse/fine updates
+    schedule: str = "simultaneous"    # "simultaneous", "alternating" or "authors" (MI-FGSM 0.9, coarse then fine)
     use_div_loss: bool = True
     use_id_loss: bool = True
     temperature: float = 1.0          # inverse self-attention softmax temperature (paper: 1)
@@ -68,6 +68,10 @@ class ProtectorConfig:
     seed: int = 0
     device: str = "auto"              # "auto", "cpu", "cuda", "cuda:1"
     dtype: str = "float32"            # "float32", "float16", "bfloat16" (GPU)
+    fast_path: bool = True            # core.fastpath: same update rule, less work per step (false = eager)
+    fast_reid: str = "off"            # fast path's E in L_id: off (E as is) | folded (BN folded: faster, not exact)
+    batched_backward: str = "auto"    # fast path: both VJPs in one vmapped backward; auto = CUDA only
+    batch_window_ms: float = 0.0      # protector node: wait at most this long to fill a batch (0 = per frame)
 
 
 @dataclass
@@ -80,6 +84,12 @@ class StoreConfig:
     max_add: int = 1024               # entries per AddIdentities call
     rate_limit_hz: float = 0.0        # RetrieveLatents requests per second per robot key; 0 = off
     rate_limit_burst: float = 0.0     # requests a client may make at once (0: max(1, rate_limit_hz))
+    key_file: str = ""                # AES-256-GCM store key (0600, outside the store dir); "" = not encrypted
+    audit_file: str = ""              # hash-chained audit trail; "" = audit.log in a store directory
+    audit_window_s: float = 60.0      # abnormal-rate window: an entry retrieved more than
+    audit_flag_count: int = 600       # audit_flag_count times in audit_window_s is flagged (0 = off)
+    max_age_s: float = 0.0            # retention: entries older than this are erased; 0 = keep forever
+    retention_check_s: float = 3600.0  # how often store_node applies max_age_s
 
 
 @dataclass
@@ -203,7 +213,9 @@ def absolute_paths(overrides: dict[str, Any], base: str | Path | None = None) ->
     return out
 
 _CHOICES: dict[str, set[str]] = {
-    "protector.schedule": {"simultaneous", "alternating"},
+    "protector.schedule": {"simultaneous", "alternating", "authors"},
+    "protector.batched_backward": {"auto", "on", "off"},
+    "protector.fast_reid": {"off", "folded"},
     "protector.dtype": {"float32", "float16", "bfloat16"},
     "store.backend": {"auto", "faiss", "milvus"},
     "detector.kind": {"hog", "onnx"},
@@ -226,7 +238,12 @@ def _validate(cfg: Config) -> None:
         (p.scale >= 0, "protector.scale must be >= 0 (0 = sqrt(d))"),
         (p.eps > 0, "protector.eps must be > 0"),
         (p.batch_size >= 1, "protector.batch_size must be >= 1"),
+        (p.batch_window_ms >= 0, "protector.batch_window_ms must be >= 0 (0 = one frame per batch)"),
         (cfg.store.max_m >= 1, "store.max_m must be >= 1"),
+        (cfg.store.max_age_s >= 0, "store.max_age_s must be >= 0 (0 = keep forever)"),
+        (cfg.store.retention_check_s > 0, "store.retention_check_s must be > 0"),
+        (cfg.store.audit_window_s > 0 and cfg.store.audit_flag_count >= 0,
+         "store.audit_window_s must be > 0 and store.audit_flag_count >= 0"),
         (cfg.ros.service_timeout_s > 0, "ros.service_timeout_s must be > 0"),
         (cfg.ros.status_period_s > 0, "ros.status_period_s must be > 0"),
         (cfg.ros.max_queue >= 1, "ros.max_queue must be >= 1"),

@@ -1,6 +1,7 @@
 """Helper process for test_store_crash.py: adds (and sometimes removes) entries until it is killed.
 
-Usage: ``python store_crash_writer.py STORE RUN_TAG SEED``. After each ``add`` returns it prints
+Usage: ``python store_crash_writer.py STORE RUN_TAG SEED [remove]``. With ``remove`` it only
+removes live entries, one at a time (test_store_erasure.py). After each ``add`` returns it prints
 ``A <id> <name>``; before each ``remove`` it prints ``r <id>`` and after it returns ``R <id>``,
 flushing every line, so the parent
 knows exactly what was acknowledged. Entry contents are a pure function of the name
@@ -25,12 +26,24 @@ def entry(name: str) -> tuple[np.ndarray, np.ndarray, str]:
     return vec, lat, f"p{zlib.crc32(name.encode()) % 7}"
 
 
+def remove_all(path: str) -> None:
+    """Remove live entries one by one, printing ``r <id>`` before and ``R <id>`` after each."""
+    from latent_rag_ros.store import open_store
+
+    store = open_store(path)
+    print("READY", flush=True)
+    for victim in store.ids().tolist():
+        print(f"r {victim}", flush=True)
+        store.remove([victim])
+        print(f"R {victim}", flush=True)
+
+
 def main(path: str, tag: str, seed: int) -> None:
     from latent_rag_ros.store import open_store
 
     rng = np.random.default_rng(seed)
-    # a small log limit so that kills also land inside compactions
-    store = open_store(path, compact_wal_bytes=8192, purge_fraction=0.1)
+    # a small purge threshold so that kills also land inside purges (index rebuild, VACUUM)
+    store = open_store(path, purge_fraction=0.1)
     print("READY", flush=True)
     acked: list[int] = []
     i = 0
@@ -53,4 +66,7 @@ def main(path: str, tag: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    if sys.argv[4:] == ["remove"]:
+        remove_all(sys.argv[1])
+    else:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -94,7 +94,10 @@ def test_store_node_refuses_adds_on_a_full_disk_and_keeps_serving(small_fs: Path
 
     admin = ClientSealer(new_key(tmp_path / "keys", "admin", "admin"))
     robot = ClientSealer(new_key(tmp_path / "keys", "robot", "robot"))
-    params = write_params(tmp_path / "p.yaml", {"store": {"path": str(small_fs / "store"), "max_add": BATCH},
+    # the audit trail lives on another filesystem (as it should): on the full one nothing could be served,
+    # since store_node serves nothing it cannot audit
+    params = write_params(tmp_path / "p.yaml", {"store": {"path": str(small_fs / "store"), "max_add": BATCH,
+                                                          "audit_file": str(tmp_path / "audit.log")},
                                                 "link": {"keys_dir": str(tmp_path / "keys")}})
     if rclpy.ok():
         rclpy.shutdown()

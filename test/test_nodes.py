@@ -18,6 +18,7 @@ from latent_rag_ros.nodes.graph import Graph
 from latent_rag_ros.security import ClientSealer, new_key
 from latent_rag_ros.srv import AddIdentities, RetrieveLatents
 from latent_rag_ros.store import open_store
+from latent_rag_ros.store.audit import show_audit, verify_audit
 
 from rosutil import Probe, vtest_frames, wait_for, write_params
 
@@ -62,7 +63,7 @@ def store_node(tmp_path: Path, request):
     assert codes == {"store_node": 0}
 
 
-def test_store_service_answers_bad_requests_and_keeps_serving(store_node) -> None:
+def test_store_service_answers_bad_requests_and_keeps_serving(store_node, tmp_path: Path) -> None:
     ask, put, _, graph = store_node
     good = np.ones(DIM, np.float32)
     bad = [
@@ -96,6 +97,15 @@ def test_store_service_answers_bad_requests_and_keeps_serving(store_node) -> Non
     res3 = ask(dict(m=1), near)
     assert res3.ok and list(res3.arrays["ids"]) == list(ok_add.arrays["ids"]) and res3.arrays["latents"][0, 0, 0] == 7.0
     assert not graph.failed()
+    # every request left a hash-chained audit record: which key, which entries, the outcome
+    trail = tmp_path / "store" / "audit.log"
+    assert verify_audit(trail)["ok"]
+    recs = show_audit(trail)
+    assert [r["action"] for r in recs].count("retrieve") == len(bad) + 3
+    assert {r["key"] for r in recs} == {"robot", "admin"}
+    assert any(r["action"] == "retrieve" and r["ok"] and r["ids"] == sorted(int(i) for i in ids) for r in recs)
+    assert any(r["action"] == "add" and r["ok"] and r["ids"] == [int(i) for i in ok_add.arrays["ids"]] for r in recs)
+    assert any(r["action"] == "add" and not r["ok"] and "latents" in r["reason"] for r in recs)
 
 
 @pytest.mark.parametrize("store_node", [{"rate_limit_hz": 0.5, "rate_limit_burst": 3}], indirect=True)

@@ -91,7 +91,7 @@ def test_build_store_embeds_inverts_and_records_models(tmp_path: Path) -> None:
         w = enc(bgr_to_tensor([samples[4].image], (48, 24))).numpy()
     np.testing.assert_allclose(s.get_vectors(ids[4:5]), f, atol=1e-5)
     np.testing.assert_allclose(s.get_latents(ids[4:5]), w, atol=1e-5)
-    assert s.verify()["ok"] and s.stats()["wal_entries"] == 0  # compacted at the end
+    assert s.verify()["ok"] and s.stats()["unsnapshotted"] == 0  # compacted at the end
     s.close()
 
 
@@ -155,13 +155,14 @@ def test_cli_stats_verify_compact(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert json.loads(capsys.readouterr().out)["ok"]
     assert _cli(["store", "compact", "--purge", str(tmp_path / "s")]) == 0
     capsys.readouterr()
-    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    lat = tmp_path / "s" / m["segments"][0]["files"]["latents"]["name"]
-    data = bytearray(lat.read_bytes())
-    data[5] ^= 1
-    lat.write_bytes(bytes(data))
+    db = tmp_path / "s" / "store.sqlite"
+    with open_store(tmp_path / "s") as s:
+        needle = s.get_latents([3])[0].tobytes()
+    data = bytearray(db.read_bytes())
+    data[data.find(needle) + 5] ^= 1
+    db.write_bytes(bytes(data))
     assert _cli(["store", "verify", str(tmp_path / "s")]) == 1
-    assert lat.name in capsys.readouterr().err
+    assert "store.sqlite" in capsys.readouterr().err
     assert _cli(["store", "stats", str(tmp_path / "missing")]) == 1
     assert "no store" in capsys.readouterr().err
 

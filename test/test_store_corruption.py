@@ -1,174 +1,135 @@
 """Damaged store files: a clear StoreCorruptError naming the file, never silently dropped data.
 
-The one thing dropped on purpose is a torn last log record (a crash mid-append, never
-acknowledged); the same damage in the middle of the log is an error.
+SQLite is the truth: damage to ``store.sqlite`` (a changed value, a truncated or foreign file, a
+row moved to another id) is an error naming it. The index snapshot is derived data: a damaged one
+is reported by ``verify`` and rebuilt from SQLite, with nothing lost.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import logging
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from latent_rag_ros.store import StoreCorruptError, open_store
+from latent_rag_ros.store import StoreCorruptError, StoreError, open_store
 from latent_rag_ros.store.faiss_store import FaissStore
-from latent_rag_ros.store.wal import FILE_HEADER_SIZE, scan_wal
 
 D, L, C = 8, 2, 4
 
 
-def _store(path: Path, batches: int = 3, per: int = 4, compact: bool = False, **opts) -> np.ndarray:
+def _store(path: Path, n: int = 12, **opts) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
+    v = rng.standard_normal((n, D)).astype(np.float32)
+    w = rng.standard_normal((n, L, C)).astype(np.float32)
     s = open_store(path, create=True, dim=D, num_ws=L, w_dim=C, **opts)
-    for b in range(batches):
-        s.add(rng.standard_normal((per, D)), rng.standard_normal((per, L, C)), [f"b{b}"] * per)
-    if compact:
-        s.compact()
-    w = s.get_latents(s.ids())
-    s.close()
-    return w
+    for b in range(0, n, 4):
+        s.add(v[b: b + 4], w[b: b + 4], [f"b{b}"] * len(v[b: b + 4]))
+    s.close()  # the last connection checkpoints the WAL into store.sqlite
+    return v, w
 
 
-def _records(path: Path) -> list[tuple[int, int]]:
-    """(start, end) byte ranges of the log records."""
-    scan = scan_wal(path / "wal.log", D, L * C * 4)
-    starts = [r.offset for r in scan.records]
-    return list(zip(starts, [*starts[1:], scan.good_end]))
-
-
-def _flip(p: Path, pos: int) -> None:
+def _flip_at(p: Path, needle: bytes) -> None:
     data = bytearray(p.read_bytes())
-    data[pos] ^= 0x5A
+    pos = data.find(needle)
+    assert pos >= 0, "value not found in the file"
+    data[pos + 1] ^= 0x5A
     p.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["cut_payload", "cut_header", "zero_tail", "garbled_last"])
-def test_torn_last_record_is_dropped(tmp_path: Path, damage: str) -> None:
-    w = _store(tmp_path / "s")
-    wal = tmp_path / "s" / "wal.log"
-    recs = _records(tmp_path / "s")
-    start, end = recs[-1]
-    data = wal.read_bytes()
-    if damage == "cut_payload":
-        wal.write_bytes(data[: end - 7])
-    elif damage == "cut_header":
-        wal.write_bytes(data[: start + 9])
-    elif damage == "zero_tail":
-        wal.write_bytes(data[:start] + b"\0" * 300)
-    else:
-        _flip(wal, end - 3)
-    s = open_store(tmp_path / "s")
-    assert len(s) == 8  # the two complete records
-    np.testing.assert_array_equal(s.get_latents(s.ids()), w[:8])
-    assert s.verify()["ok"] and wal.stat().st_size == start  # the torn bytes were cut off
-    s.add(np.ones((1, D)), np.ones((1, L, C)))
-    s.close()
-    s = open_store(tmp_path / "s")
-    assert len(s) == 9 and s.verify()["ok"]
-    s.close()
-
-
-@pytest.mark.parametrize("where", ["payload", "frame_header"])
-def test_bad_record_in_the_middle_is_an_error(tmp_path: Path, where: str) -> None:
-    _store(tmp_path / "s")
-    start, _ = _records(tmp_path / "s")[0]
-    wal = tmp_path / "s" / "wal.log"
-    _flip(wal, start + (40 if where == "payload" else 2))
-    damaged = wal.read_bytes()
-    with pytest.raises(StoreCorruptError, match=r"wal\.log") as err:
-        open_store(tmp_path / "s")
-    assert err.value.path.endswith("wal.log")
-    assert wal.read_bytes() == damaged  # the failed open truncated or rewrote nothing
-    with pytest.raises(StoreCorruptError):
-        open_store(tmp_path / "s", read_only=True)
-
-
-@pytest.mark.parametrize(
-    "target, damage, needle",
-    [
-        ("latents", "flip", "sha256"),
-        ("vectors", "flip", "sha256"),
-        ("ids", "flip", "sha256"),
-        ("meta", "flip", "sha256"),
-        ("latents", "truncate", "truncated"),
-        ("vectors", "truncate", "truncated"),
-        ("meta", "delete", "missing"),
-        ("tombstones", "flip", "sha256"),
-        ("index", "flip", "sha256"),
-        ("index", "truncate", "truncated"),
-    ],
-)
-def test_damaged_snapshot_file_is_named(tmp_path: Path, target: str, damage: str, needle: str) -> None:
+def test_changed_value_is_named_on_open_and_by_verify(tmp_path: Path) -> None:
     root = tmp_path / "s"
-    _store(root, batches=20, per=5, compact=False, index={"exact_max": 40})
-    s = open_store(root)
-    s.remove([1, 2])
-    s.compact()
+    _, w = _store(root)
+    db = root / "store.sqlite"
+    _flip_at(db, w[5].tobytes())
+    with pytest.raises(StoreCorruptError, match=r"latents row 5") as err:
+        open_store(root)  # verify="full" checks every row's digest on open
+    assert err.value.path == str(db)
+    s = open_store(root, verify="size")  # a quick open reads only what it needs
+    report = s.verify()
+    assert not report["ok"] and "latents row 5" in " ".join(report["errors"])
+    np.testing.assert_array_equal(s.get_latents([4, 6]), w[[4, 6]])  # the other rows still read
+    with pytest.raises(StoreCorruptError, match="latents row 5"):
+        s.get_latents([5])
     s.close()
-    m = json.loads((root / "manifest.json").read_text())
-    assert m["index"] and m["tombstones"]  # an HNSW index file and a tombstone file exist
-    rec = m[target] if target in ("index", "tombstones") else m["segments"][0]["files"][target]
-    victim = root / rec["name"]
-    if damage == "flip":
-        _flip(victim, victim.stat().st_size // 2)
-    elif damage == "truncate":
-        victim.write_bytes(victim.read_bytes()[:-16])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "zero_header"])
+def test_damaged_database_file_is_named(tmp_path: Path, damage: str) -> None:
+    root = tmp_path / "s"
+    _store(root, n=400)
+    db = root / "store.sqlite"
+    data = db.read_bytes()
+    if damage == "truncate":
+        db.write_bytes(data[: len(data) // 3])
+    elif damage == "garbage":
+        db.write_bytes(b"this is not a database" * 100)
     else:
-        victim.unlink()
-    with pytest.raises(StoreCorruptError, match=needle) as err:
+        db.write_bytes(b"\0" * 100 + data[100:])
+    with pytest.raises(StoreCorruptError) as err:
         open_store(root)
-    assert err.value.path == str(victim)
-    if damage == "flip":  # a quick open skips hashing the big arrays; verify() still finds the flip
-        try:
-            s = open_store(root, verify="size")
-        except StoreCorruptError as exc:
-            assert exc.path == str(victim) and target not in ("latents", "vectors")
-        else:
-            report = s.verify()
-            assert not report["ok"] and victim.name in " ".join(report["errors"])
-            s.close()
+    assert err.value.path == str(db)
+    assert str(db) in str(err.value)
 
 
-def test_damaged_manifest_and_missing_log(tmp_path: Path) -> None:
+def test_row_moved_to_another_id_is_detected(tmp_path: Path) -> None:
     root = tmp_path / "s"
     _store(root)
-    shutil.copytree(root, tmp_path / "copy")
-    (root / "manifest.json").write_text('{"format": "latent_rag_ros.store", "schema_ver')
-    with pytest.raises(StoreCorruptError, match=r"manifest\.json.*not valid JSON"):
+    con = sqlite3.connect(root / "store.sqlite")
+    (blob,) = con.execute("SELECT w FROM latents WHERE id=1").fetchone()
+    con.execute("UPDATE latents SET w=? WHERE id=2", (blob,))  # a valid value, in the wrong row
+    con.commit()
+    con.close()
+    with pytest.raises(StoreCorruptError, match="latents row 2"):
         open_store(root)
-    (tmp_path / "copy" / "wal.log").unlink()
-    with pytest.raises(StoreCorruptError, match=r"wal\.log.*missing"):
-        open_store(tmp_path / "copy")
 
 
-def test_interrupted_compaction_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign"])
+def test_damaged_snapshot_is_reported_and_rebuilt(tmp_path: Path, damage: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "s"
-    w = _store(root)
-    old_wal = (root / "wal.log").read_bytes()
-    s = open_store(root)
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((300, D)).astype(np.float32)
+    s = FaissStore.create(root, D, L, C, index={"exact_max": 50})
+    s.add(v, np.zeros((300, L, C), np.float32))
     s.compact()
     s.close()
-    # crash after the manifest was committed but before the log was reset: the old log's records
-    # are already in the snapshot and must not be applied twice
-    (root / "wal.log").write_bytes(old_wal)
-    # and leftovers of a compaction that died before its commit
-    (root / "seg-g000009-s0000000000.ids.i64").write_bytes(b"junk")
-    (root / "manifest.json.tmp").write_text("{")
-    s = open_store(root)
-    assert len(s) == 12
-    np.testing.assert_array_equal(s.get_latents(s.ids()), w)
+    snap = root / "index.snap"
+    data = bytearray(snap.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x5A
+        snap.write_bytes(bytes(data))
+    elif damage == "truncate":
+        snap.write_bytes(bytes(data[:-40]))
+    else:
+        FaissStore.create(tmp_path / "o", D, L, C, index={"exact_max": 50}).close()
+        o = FaissStore(tmp_path / "o")
+        o.add(v, np.zeros((300, L, C), np.float32))
+        o.compact()
+        o.close()
+        snap.write_bytes((tmp_path / "o" / "index.snap").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        s = FaissStore(root, read_only=True)
+    assert "index.snap" in caplog.text and "rebuilding" in caplog.text
+    assert len(s) == 300
+    _, got = s.search(v[:20], 1)
+    assert got[:, 0].tolist() == list(range(20))
+    report = s.verify()
+    assert not report["ok"] and "index.snap" in " ".join(report["errors"])
+    s.close()
+    s = FaissStore(root)
+    s.compact()  # rewrites the derived snapshot
     assert s.verify()["ok"]
-    assert (root / "wal.log").stat().st_size == FILE_HEADER_SIZE  # the reset was finished
-    assert not (root / "seg-g000009-s0000000000.ids.i64").exists() and not (root / "manifest.json.tmp").exists()
     s.close()
 
 
-def test_log_from_another_store_is_refused(tmp_path: Path) -> None:
-    _store(tmp_path / "a")
-    _store(tmp_path / "b")
-    shutil.copy(tmp_path / "a" / "wal.log", tmp_path / "b" / "wal.log")
-    with pytest.raises(StoreCorruptError, match="another store"):
-        FaissStore(tmp_path / "b")
+def test_old_format_store_gets_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    root.mkdir()
+    (root / "manifest.json").write_text('{"format": "latent_rag_ros.store", "schema_version": 1}')
+    (root / "wal.log").write_bytes(b"LRRWAL")
+    for opener in (lambda: open_store(root), lambda: open_store(root, create=True, dim=D, num_ws=L, w_dim=C)):
+        with pytest.raises(StoreError, match=r"old segment/log format.*build-store"):
+            opener()

@@ -57,7 +57,7 @@ def main() -> int:
     models = build_models(cfg, "cpu", with_encoder=True)
     detector = build_detector(cfg)
     frames = dict(read_video_frames(VTEST, max_frames=500 + 3 * args.frames))
-    if not Path(args.store, "manifest.json").is_file():
+    if not Path(args.store, "store.sqlite").is_file():
         gallery = [Sample(image=p.crop, name=f"f{i}_{j}", frame=i) for i in range(0, 480, 8)
                    for j, p in enumerate(crop_people(detector, frames[i], cfg.detector))]
         with torch.no_grad():

@@ -10,6 +10,11 @@ caller passes another size, G(w) is resized bilinearly to I's size). For ``L_id`
 resizes G(w) itself to its own input size (256x128 by default) inside its differentiable forward.
 Losses are summed over the batch, so each sample's gradient depends only on that sample and a batch
 gives the same result as its items one by one.
+
+Schedules: ``simultaneous`` (the paper's I-FGSM: one forward, both losses, both groups move every
+step), ``alternating`` (even steps coarse, odd steps fine) and ``authors`` (the authors' released
+update rule: MI-FGSM with momentum 0.9, each step a coarse update then a fine update, each with its
+own forward pass). This module is the eager reference; ``core.fastpath`` runs the same rules faster.
 """
 
 from __future__ import annotations
@@ -32,9 +37,20 @@ class StepOptions:
     coarse_step: float = 0.001
     fine_step: float = 0.01
     momentum: float = 0.0            # MI-FGSM decay (authors' code option); 0 = I-FGSM
-    schedule: str = "simultaneous"   # or "alternating": even steps coarse, odd steps fine
+    schedule: str = "simultaneous"   # "alternating": even steps coarse, odd fine; "authors": see module doc
     use_div_loss: bool = True
     use_id_loss: bool = True
+
+
+SCHEDULES = ("simultaneous", "alternating", "authors")
+AUTHORS_MOMENTUM = 0.9   # the authors' released code: MI-FGSM decay of both momentum buffers
+
+
+def effective_momentum(opts: StepOptions) -> float:
+    """MI-FGSM decay actually used: the authors' 0.9 for their schedule unless one is set explicitly."""
+    if opts.schedule == "authors" and opts.momentum == 0:
+        return AUTHORS_MOMENTUM
+    return opts.momentum
 
 
 @dataclass
@@ -77,6 +93,31 @@ def _normalised(grad: torch.Tensor) -> torch.Tensor:
     return grad / scale.view(-1, *([1] * (grad.ndim - 1)))
 
 
+def layer_masks(w: torch.Tensor, coarse_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[1,L,1] masks of the coarse W+ rows (0..coarse_layers-1, L_div) and of the fine rows (L_id)."""
+    num_layers = w.shape[1]
+    coarse = torch.zeros(num_layers, dtype=torch.bool, device=w.device)
+    coarse[: min(coarse_layers, num_layers)] = True
+    coarse_mask = coarse.view(1, -1, 1).to(w.dtype)
+    return coarse_mask, 1.0 - coarse_mask
+
+
+def sign_step(
+    w: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, step: float, mom: torch.Tensor, momentum: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One descent step ``w - step * sign(g) * mask`` (g through MI-FGSM momentum when > 0); new (w, momentum)."""
+    if momentum > 0:
+        mom = momentum * mom + _normalised(grad * mask)
+        grad = mom
+    return w - step * torch.sign(grad) * mask, mom
+
+
+def check_schedule(opts: StepOptions) -> None:
+    """Refuse an unknown schedule name with the list of known ones."""
+    if opts.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {opts.schedule!r}: use one of {', '.join(SCHEDULES)}")
+
+
 def identity_aligned_generation(
     w_star: torch.Tensor,
     images: torch.Tensor,
@@ -91,13 +132,10 @@ def identity_aligned_generation(
     Gradients are confined: the coarse rows only ever see dL_div/dw, the fine rows only dL_id/dw.
     """
     opts = opts or StepOptions()
-    if opts.schedule not in ("simultaneous", "alternating"):
-        raise ValueError(f"unknown schedule {opts.schedule!r}")
-    num_layers = w_star.shape[1]
-    coarse = torch.zeros(num_layers, dtype=torch.bool, device=w_star.device)
-    coarse[: min(opts.coarse_layers, num_layers)] = True
-    coarse_mask = coarse.view(1, -1, 1).to(w_star.dtype)
-    fine_mask = 1.0 - coarse_mask
+    check_schedule(opts)
+    if opts.schedule == "authors":
+        return _authors_loop(w_star, images, identity, generator, reid, opts)
+    coarse_mask, fine_mask = layer_masks(w_star, opts.coarse_layers)
     size = tuple(images.shape[-2:])
     identity = F.normalize(identity.float(), dim=1)
 
@@ -123,18 +161,55 @@ def identity_aligned_generation(
         w = w.detach()
         for kind, g in grads:
             if kind == "div":
-                if opts.momentum > 0:
-                    mom_div = opts.momentum * mom_div + _normalised(g * coarse_mask)
-                    g = mom_div
-                w = w - opts.coarse_step * torch.sign(g) * coarse_mask
+                w, mom_div = sign_step(w, g, coarse_mask, opts.coarse_step, mom_div, opts.momentum)
             else:
-                if opts.momentum > 0:
-                    mom_id = opts.momentum * mom_id + _normalised(g * fine_mask)
-                    g = mom_id
-                w = w - opts.fine_step * torch.sign(g) * fine_mask
+                w, mom_id = sign_step(w, g, fine_mask, opts.fine_step, mom_id, opts.momentum)
     with torch.no_grad():
         img = render(generator, w, size)
         distance, id_loss = losses(img, images, identity, reid)
     trace.distance.append(distance.cpu().tolist())
     trace.id_loss.append(id_loss.cpu().tolist())
     return w.detach(), trace
+
+
+def _authors_loop(
+    w_star: torch.Tensor,
+    images: torch.Tensor,
+    identity: torch.Tensor,
+    generator: torch.nn.Module,
+    reid: Callable[[torch.Tensor], torch.Tensor],
+    opts: StepOptions,
+) -> tuple[torch.Tensor, GenerationTrace]:
+    """The authors' rule: per step a coarse MI-FGSM update from its own forward, then a fine one from another.
+
+    The trace's step t holds the losses of step t's fine-update forward (after its coarse update), so
+    no forward pass is added for logging; the last entry is at w*_adv.
+    """
+    momentum = effective_momentum(opts)
+    coarse_mask, fine_mask = layer_masks(w_star, opts.coarse_layers)
+    size = tuple(images.shape[-2:])
+    identity = F.normalize(identity.float(), dim=1)
+    w = w_star.detach().float().clone()
+    mom_div = torch.zeros_like(w)
+    mom_id = torch.zeros_like(w)
+    trace = GenerationTrace()
+    for _ in range(opts.steps):
+        if opts.use_div_loss:
+            w.requires_grad_(True)
+            distance = (render(generator, w, size) - images).flatten(1).norm(dim=1)
+            g = torch.autograd.grad(-distance.sum(), w)[0]
+            w, mom_div = sign_step(w.detach(), g, coarse_mask, opts.coarse_step, mom_div, momentum)
+        w.requires_grad_(opts.use_id_loss)
+        with torch.set_grad_enabled(opts.use_id_loss):
+            distance, id_loss = losses(render(generator, w, size), images, identity, reid)
+        trace.distance.append(distance.detach().cpu().tolist())
+        trace.id_loss.append(id_loss.detach().cpu().tolist())
+        if opts.use_id_loss:
+            g = torch.autograd.grad(id_loss.sum(), w)[0]
+            w, mom_id = sign_step(w.detach(), g, fine_mask, opts.fine_step, mom_id, momentum)
+        w = w.detach()
+    with torch.no_grad():
+        distance, id_loss = losses(render(generator, w, size), images, identity, reid)
+    trace.distance.append(distance.cpu().tolist())
+    trace.id_loss.append(id_loss.cpu().tolist())
+    return w, trace

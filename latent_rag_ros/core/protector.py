@@ -17,6 +17,7 @@ import torch
 
 from latent_rag_ros.config import ProtectorConfig
 from latent_rag_ros.core.augment import inverse_self_attention
+from latent_rag_ros.core.fastpath import fast_generation, loss_encoder, use_batched_backward
 from latent_rag_ros.core.generation import GenerationTrace, StepOptions, identity_aligned_generation, render
 from latent_rag_ros.core.imaging import bgr_to_tensor, tensor_to_bgr
 from latent_rag_ros.core.retrieval import Retrieved, retrieve
@@ -99,6 +100,9 @@ class Protector:
         self.working_size = (int(generator.img_height), int(generator.img_width))
         size = getattr(reid, "input_size", None)
         self.reid_size = (int(size[0]), int(size[1])) if size is not None else self.working_size
+        fast_reid = self.cfg.fast_reid if self.cfg.fast_path else "off"
+        self.loss_reid = loss_encoder(self.reid, fast_reid)   # E as used inside L_id
+        self.batched_backward = use_batched_backward(self.cfg.batched_backward, self.device)
 
     @property
     def step_options(self) -> StepOptions:
@@ -157,13 +161,22 @@ class Protector:
                 w_star = inverse_self_attention(lat, self.cfg.temperature, self.cfg.scale or None, self.cfg.eps)
             else:
                 w_star = lat.mean(dim=1)
-        with timer.stage("generate"):
-            w_adv, trace = identity_aligned_generation(
-                w_star, images, identity, self.generator, self.reid, self.step_options
-            )
-        with timer.stage("render"), torch.no_grad():
-            protected = render(self.generator, w_adv)
-            emb = self.reid(protected)
+        if self.cfg.fast_path:
+            ms: dict[str, float] = {}
+            with timer.stage("generate"):
+                res = fast_generation(w_star, images, identity, self.generator, self.loss_reid, self.step_options,
+                                      self.batched_backward, ms)
+            timer.ms["generate"] -= ms["render"]   # the final render runs inside the loop's last step
+            timer.ms["render"] = ms["render"]
+            w_adv, trace, protected, emb = res.w_adv, res.trace, res.images, res.embeddings
+        else:
+            with timer.stage("generate"):
+                w_adv, trace = identity_aligned_generation(
+                    w_star, images, identity, self.generator, self.reid, self.step_options
+                )
+            with timer.stage("render"), torch.no_grad():
+                protected = render(self.generator, w_adv)
+                emb = self.reid(protected)
         timer.ms["total"] = sum(v for k, v in timer.ms.items() if k != "total")
         return ProtectResult(protected, emb, identity, retrieved.ids, retrieved.scores, retrieved.version,
                              w_adv, dict(timer.ms), trace)

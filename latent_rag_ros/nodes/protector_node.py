@@ -17,6 +17,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import RegionOfInterest
 
+from latent_rag_ros.core.batching import BatchWindow
 from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.core.protector import Protector, resolve_device
 from latent_rag_ros.core.retrieval import Retrieved
@@ -55,6 +56,13 @@ def crop_to_bgr(crop: PersonCrop, limits: FrameLimits) -> np.ndarray:
     return image_to_bgr(img, limits)
 
 
+class _CropBatch:
+    """Crops of one micro-batch, possibly from several frames (each crop keeps its own header)."""
+
+    def __init__(self, crops: list) -> None:
+        self.crops = crops
+
+
 class ProtectorNode(Node):
     """Runs Latent-RAG protection on crop batches and publishes ProtectedCrop messages."""
 
@@ -83,6 +91,8 @@ class ProtectorNode(Node):
                                          qos_profile(self.cfg.ros.output_qos))
         self.limits = frame_limits(self.cfg)
         self.slot = LatestSlot(self.cfg.ros.max_queue, max_age_s=self.cfg.ros.max_frame_age_s)
+        window_ms = self.cfg.protector.batch_window_ms   # 0: each frame is one batch, as it arrives
+        self.window = BatchWindow(self.cfg.protector.batch_size, window_ms, now_ms) if window_ms > 0 else None
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
                                             qos_profile(self.cfg.ros.output_qos))
         self._worker = threading.Thread(target=self._run, name="protector", daemon=True)
@@ -108,16 +118,26 @@ class ProtectorNode(Node):
     def _run(self) -> None:
         while rclpy.ok() and not self.slot.closed:
             stale = self.slot.stale
-            msg = self.slot.get()
+            msg = self.slot.get(self.window.wait_s(0.2) if self.window is not None else 0.2)
             if self.slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
                 self.status.count("frames_stale", self.slot.stale - stale)
+            if self.window is None:
+                if msg is not None:
+                    self._process_safely(msg)
+                continue
+            # micro-batching: crops of several frames share one batch; none waits past batch_window_ms
             if msg is not None:
-                try:
-                    self.process(msg)
-                except Exception as exc:  # noqa: BLE001 - keep the node alive; never publish unprotected
-                    self.status.count("errors")
-                    self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
-                    self.get_logger().error(f"protection failed: {exc}")
+                self.window.add(msg.crops)
+            while self.window.ready() and not self.slot.closed:
+                self._process_safely(_CropBatch(self.window.take()))
+
+    def _process_safely(self, msg: PersonCrops | _CropBatch) -> None:
+        try:
+            self.process(msg)
+        except Exception as exc:  # noqa: BLE001 - keep the node alive; never publish unprotected
+            self.status.count("errors")
+            self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
+            self.get_logger().error(f"protection failed: {exc}")
 
     def _link_sealer(self) -> ClientSealer | None:
         """This robot's link key (``link.key_id``), loaded once it exists (provisioning needs no restart)."""
@@ -169,8 +189,8 @@ class ProtectorNode(Node):
                                        ids=reply.arrays["ids"], store_version=str(reply.meta.get("store_version"))))
         return out
 
-    def process(self, msg: PersonCrops) -> None:
-        """Protect every valid crop of one frame and publish the results."""
+    def process(self, msg: PersonCrops | _CropBatch) -> None:
+        """Protect every valid crop of one frame (or of one micro-batch) and publish the results."""
         t0 = now_ms()
         crops, metas = [], []
         for c in msg.crops:

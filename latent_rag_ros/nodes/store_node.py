@@ -14,6 +14,8 @@ store itself is used under one lock (a retrieval holds it for about 1 ms at 1M e
 store/ann.py); adds and removals are acknowledged only once durable. No request returns more than
 ``store.max_m`` codes, and ``store.rate_limit_hz`` bounds how often each authenticated key may ask.
 A request that names its generator or re-ID model is refused unless the store was built for them.
+Every outcome (refusals too, and retention expiry) goes through ``_outcome`` into the store's
+hash-chained audit trail (store/audit.py); a retrieval whose record cannot be written returns nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from latent_rag_ros.core.retrieval import RetrievalError, retrieve
 from latent_rag_ros.nodes.common import NodeStatus, declare_config, now_ms
 from latent_rag_ros.security import PROTOCOL_VERSION, Gate, KeyRing, Opened, RefusedError, SealedRequest
 from latent_rag_ros.srv import AddIdentities, RemoveIdentities, RetrieveLatents
+from latent_rag_ros.store.audit import AuditTrail
 from latent_rag_ros.store.base import model_mismatch
 from latent_rag_ros.store.rate_limit import RateLimiter
 
@@ -60,6 +63,7 @@ class StoreNode(Node):
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
         self._lock = threading.RLock()
         self.store = None
+        self.audit: AuditTrail | None = None
         self.open_error = ""
         self.limiter = RateLimiter(self.cfg.store.rate_limit_hz, self.cfg.store.rate_limit_burst or None)
         keys_dir = self.cfg.resolve_path(self.cfg.link.keys_dir) if self.cfg.link.keys_dir else ""
@@ -82,9 +86,16 @@ class StoreNode(Node):
     def _open(self) -> None:
         from latent_rag_ros.store import open_store
 
+        sc = self.cfg.store
         try:
-            self.store = open_store(self.cfg.store.path, backend=self.cfg.store.backend)
+            self.store = open_store(sc.path, backend=sc.backend, **({"key_file": sc.key_file} if sc.key_file else {}))
+            self.audit = AuditTrail.for_store(sc.path, sc.audit_file, sc.audit_window_s, sc.audit_flag_count)
+            if sc.max_age_s > 0:
+                self.create_timer(sc.retention_check_s, self._expire)
         except Exception as exc:  # noqa: BLE001 - keep serving, answer every request with the reason
+            if self.store is not None:
+                self.store.close()
+                self.store = None
             self.open_error = f"store {self.cfg.store.path!r} unavailable: {exc}"
             if self.cfg.store.path == str(demo_store_path()):
                 hint = demo_store_hint(self.cfg.store.path)
@@ -152,13 +163,42 @@ class StoreNode(Node):
         self._outcome(action, "", [], False, "internal error")
         return res
 
-    def _outcome(self, action: str, key_id: str, ids: list[int], ok: bool, reason: str) -> None:
+    def _outcome(self, action: str, key_id: str, ids: list[int], ok: bool, reason: str) -> bool:
         """The single place where every retrieve/add/remove outcome is known with the authenticated key id.
 
-        ``key_id`` is "" when the request was not authenticated. The audit trail (issue 15) hooks in
-        here; today the outcome is counted and logged at debug level (ids as a count only).
+        ``key_id`` is "" when the request was not authenticated. Each outcome is appended to the store's
+        hash-chained audit trail (store/audit.py); False when the record could not be written (a
+        retrieval is then not served). Entries retrieved at an abnormal rate are logged and counted in
+        the status (the count only: /diagnostics is readable on the network).
         """
         self.get_logger().debug(f"{action} key={key_id or '-'} ok={ok} n={len(ids)} reason={reason or '-'}")
+        if self.audit is None:
+            return False
+        try:
+            self.audit.record(action, key_id, [int(i) for i in ids], ok, reason)
+        except (OSError, RuntimeError) as exc:
+            self.get_logger().error(f"audit trail {self.audit.path}: {exc}", throttle_duration_sec=5.0)
+            self.status.count("audit_errors")
+            return False
+        if self.audit.new_flags:
+            flagged = self.audit.monitor.flagged()
+            self.get_logger().warning(f"abnormal retrieval rate of entries {[f['id'] for f in flagged][:20]} "
+                                      f"(last key {flagged[0]['last_key'] if flagged else '-'})")
+            self.status.set(DiagnosticStatus.WARN, "abnormal retrieval rate", flagged_entries=len(flagged))
+        return True
+
+    def _expire(self) -> None:
+        """Retention timer: erase entries older than store.max_age_s (same path as a removal)."""
+        try:
+            with self._lock:
+                gone = self.store.expire(self.cfg.store.max_age_s) if self.store is not None else []
+        except (ValueError, RuntimeError, NotImplementedError) as exc:
+            self.get_logger().error(f"retention: {exc}")
+            self._outcome("expire", "retention", [], False, str(exc))
+            return
+        if len(gone):
+            self._outcome("expire", "retention", [int(i) for i in gone], True,
+                          f"older than {self.cfg.store.max_age_s:g} s")
 
     # ------------------------------------------------------------------ services
     def on_retrieve(self, req: RetrieveLatents.Request, res: RetrieveLatents.Response) -> RetrieveLatents.Response:
@@ -217,10 +257,12 @@ class StoreNode(Node):
             return self._fail(res, opened, "retrieve", str(exc))
         lat = got.latents[0]
         ids = [int(i) for i in got.ids[0]]
+        if not self._outcome("retrieve", key_id, ids, True, ""):
+            return self._fail(res, opened, "retrieve", "audit trail unavailable: nothing is served unaudited",
+                              "audit_errors")
         self._reply(res, opened, True, {"store_version": got.version},
                     {"latents": np.ascontiguousarray(lat, np.float32), "scores": np.asarray(got.scores[0], np.float32),
                      "ids": np.asarray(ids, np.int64)})
-        self._outcome("retrieve", key_id, ids, True, "")
         self.status.latency("retrieve", now_ms() - t0)
         return res
 
@@ -304,6 +346,9 @@ class StoreNode(Node):
             with self._lock:
                 self.store.close()
             self.store = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
         super().destroy_node()
 
 

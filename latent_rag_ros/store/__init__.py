@@ -55,8 +55,9 @@ def open_store(
     expectations for an existing one: a difference raises :class:`StoreMismatchError` (``w_dim`` is
     compared together with ``num_ws``; ``built_with`` keys the caller names must match). FAISS
     options: ``read_only``, ``verify`` (``full``/``size``), ``latent_dtype`` (new stores:
-    ``float32``/``float16``), ``index`` (see store/ann.py ``IndexParams``), ``compact_wal_bytes``,
-    ``purge_fraction``. Milvus options: ``collection``, ``latent_dtype``, ``token``,
+    ``float32``/``float16``), ``index`` (see store/ann.py ``IndexParams``), ``key_file`` (encryption
+    at rest, store/crypto.py), ``snapshot_min``, ``purge_fraction``, ``clock``.
+    Milvus options: ``collection``, ``latent_dtype``, ``token``,
     ``flush_on_add``, ``index_type``, ``index_params``, ``search_params``.
     """
     kind = resolve_backend(path_or_uri, backend)
@@ -66,17 +67,14 @@ def open_store(
         store: VectorStore = MilvusStore.open(str(path_or_uri), create=create, dim=dim, num_ws=num_ws,
                                               w_dim=w_dim, built_with=built_with, **opts)
     else:
-        from latent_rag_ros.store.faiss_store import MANIFEST, FaissStore
+        from latent_rag_ros.store.faiss_store import DB_NAME, LEGACY_MANIFEST, FaissStore
 
         root = Path(path_or_uri).expanduser()
-        if (root / MANIFEST).exists():
+        if (root / DB_NAME).exists() or (root / LEGACY_MANIFEST).exists() or not create:
             opts.pop("latent_dtype", None)
-            store = FaissStore(root, **opts)
-        elif create:
-            return FaissStore.create(root, dim, num_ws, w_dim, built_with=built_with, **opts)
+            store = FaissStore(root, **opts)  # StoreNotFoundError / the old-format error when not a store
         else:
-            raise StoreNotFoundError(f"{root}: no store here (manifest.json missing); build one with "
-                             "`latent-rag build-store` or open it with create=True")
+            return FaissStore.create(root, dim, num_ws, w_dim, built_with=built_with, **opts)
     try:
         check_expected(str(path_or_uri), store.info(), dim, num_ws, w_dim, built_with)
     except StoreMismatchError:

@@ -41,10 +41,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import faiss
@@ -259,43 +257,45 @@ class IdentityIndex:
             return np.zeros((0, self.dim), np.float32)
         return np.asarray(self.index.reconstruct_batch(np.ascontiguousarray(slots, dtype=np.int64)), np.float32)
 
-    def range_vectors(self, start: int, stop: int) -> np.ndarray:
-        """Vectors of slots ``start..stop-1``."""
-        return np.asarray(self.index.reconstruct_n(start, stop - start), np.float32)
+    def scrub(self, slots: np.ndarray) -> None:
+        """Overwrite the stored vectors of removed slots with zeros (erasure from memory and snapshots).
+
+        The slots stay in the index (HNSW cannot delete nodes) and are filtered at search time; a
+        zero vector scores 0 for every query, so it only costs graph traversal until a purge.
+        """
+        if len(slots) == 0:
+            return
+        flat = self._storage()
+        if self.gpu:  # pragma: no cover - needs faiss-gpu and a GPU; purge rebuilds instead
+            return
+        xb = faiss.rev_swig_ptr(faiss.downcast_index(flat).get_xb(), flat.ntotal * self.dim)
+        view = np.asarray(xb).reshape(flat.ntotal, self.dim)
+        view[np.asarray(slots, dtype=np.int64)] = 0.0
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: Path) -> dict[str, Any]:
-        """Write an HNSW index (tmp, fsync, rename); returns its manifest record with sha256."""
-        from latent_rag_ros.store.files import fsync_dir, sha256_file
+    def state(self) -> dict[str, Any]:
+        """Tuning state to keep with a serialized index."""
+        return {"kind": self.kind, "ef_search": self.ef_search, "tuned_at": self.tuned_at,
+                "tuned_recall": None if math.isnan(self.tuned_recall) else round(self.tuned_recall, 4)}
 
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        rec = {"name": path.name, "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size,
-               "slots": self.ntotal, "kind": self.kind, "ef_search": self.ef_search, "tuned_at": self.tuned_at,
-               "tuned_recall": None if math.isnan(self.tuned_recall) else round(self.tuned_recall, 4)}
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        return rec
+    def to_bytes(self) -> np.ndarray:
+        """``faiss.serialize_index`` of the index (HNSW or CPU flat)."""
+        return faiss.serialize_index(self.index)
 
-    def load(self, path: Path, rec: dict[str, Any]) -> None:
-        """Load an index file whose checksum the caller has verified."""
-        idx = faiss.read_index(str(path))
-        if not isinstance(idx, faiss.IndexHNSWFlat) or idx.d != self.dim or idx.ntotal != int(rec["slots"]):
-            from latent_rag_ros.store.base import StoreCorruptError
-
-            raise StoreCorruptError(str(path), f"index file does not hold an HNSW index of {rec['slots']} "
-                                    f"{self.dim}-d vectors")
+    def from_bytes(self, data: np.ndarray, state: dict[str, Any], slots: int) -> None:
+        """Load a serialized index of ``slots`` vectors; ValueError when it is not one."""
+        idx = faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+        if idx.d != self.dim or idx.ntotal != slots or not isinstance(idx, (faiss.IndexHNSWFlat, faiss.IndexFlatIP)):
+            raise ValueError(f"snapshot does not hold an index of {slots} {self.dim}-d vectors")
         self.index = idx
-        self.kind = "hnsw"
         self.gpu = False
-        self.index.hnsw.efSearch = int(rec.get("ef_search") or self.params.ef_search or 64)
-        self.tuned_at = int(rec.get("tuned_at", idx.ntotal))
-        self.tuned_recall = float(rec.get("tuned_recall") or "nan")
+        if isinstance(idx, faiss.IndexHNSWFlat):
+            self.kind = "hnsw"
+            self.index.hnsw.efSearch = int(state.get("ef_search") or self.params.ef_search or 64)
+        else:
+            self.kind = "flat"
+        self.tuned_at = int(state.get("tuned_at") or idx.ntotal)
+        self.tuned_recall = float(state.get("tuned_recall") or "nan")
 
     def describe(self) -> dict[str, Any]:
         """Index kind and its live parameters, for ``stats``."""

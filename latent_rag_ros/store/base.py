@@ -9,7 +9,6 @@ backend applies, so both reject bad inputs with the same messages.
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -129,6 +128,25 @@ class VectorStore(abc.ABC):
     def close(self) -> None:
         """Release files, locks and connections (idempotent)."""
 
+    def check_add(
+        self, vectors: Any, latents: Any, labels: Sequence[str] | None, names: Sequence[str] | None
+    ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+        """The checks every backend's ``add`` applies: (unit vectors, float32 latents, labels, names)."""
+        v = normalize_vectors(vectors, self.dim)
+        n = len(v)
+        w = check_latents(latents, n, self.num_ws, self.w_dim)
+        labels_l = check_texts(labels, n, "labels")
+        names_l = check_texts(names, n, "names")
+        dup = first_duplicate(names_l)
+        if dup:
+            raise ValueError(f"names: {dup!r} appears twice in one add")
+        return v, w, labels_l, names_l
+
+    def expire(self, max_age_s: float, now: float | None = None) -> np.ndarray:
+        """Remove entries older than ``max_age_s`` (retention); backends without timestamps refuse."""
+        raise NotImplementedError(f"{type(self).__name__} does not record when entries were added; "
+                                  "retention needs the embedded (FAISS/SQLite) store")
+
     def info(self) -> dict[str, Any]:
         """Shape and model identity: what ``open_store`` compares with the caller's expectations."""
         return {"dim": self.dim, "num_ws": self.num_ws, "w_dim": self.w_dim, "built_with": self.built_with}
@@ -227,14 +245,6 @@ def check_ids(ids: Any) -> np.ndarray:
         if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.equal(np.mod(arr, 1), 0)):
             raise ValueError(f"ids: expected integers, got dtype {arr.dtype}")
     return arr.astype(np.int64).reshape(-1)
-
-
-def pad_results(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Normalise backend padding: id -1 and score -inf where there is no result."""
-    scores = np.asarray(scores, dtype=np.float32).copy()
-    ids = np.asarray(ids, dtype=np.int64).copy()
-    scores[ids < 0] = -math.inf
-    return scores, ids
 
 
 def same_model(a: str, b: str) -> bool:

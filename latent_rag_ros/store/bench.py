@@ -102,8 +102,9 @@ def _pct(ts: list[float]) -> dict[str, float]:
 
 
 def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], latent_dtype: str, workdir: Path,
-              say: Callable[[str], None] = print, data_model: str = "structured") -> dict[str, Any]:
-    """Build a store of ``n`` entries under ``workdir``, reopen it, and time queries against it."""
+              say: Callable[[str], None] = print, data_model: str = "structured",
+              key_file: str | None = None) -> dict[str, Any]:
+    """Build a store of ``n`` entries under ``workdir`` (encrypted with ``key_file``), reopen it, time queries."""
     import faiss
 
     from latent_rag_ros.core.retrieval import retrieve
@@ -119,7 +120,7 @@ def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], lat
     rng = np.random.default_rng(2)
     block = rng.standard_normal((min(n, 4096), L, C), dtype=np.float32)  # W+ payload (content irrelevant here)
     t = time.perf_counter()
-    store = FaissStore.create(path, dim, L, C, latent_dtype=latent_dtype, compact_wal_bytes=1 << 62)
+    store = FaissStore.create(path, dim, L, C, latent_dtype=latent_dtype, key_file=key_file, snapshot_min=1 << 62)
     step = 50_000
     for s in range(0, n, step):
         e = min(n, s + step)
@@ -132,30 +133,38 @@ def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], lat
     store.close()
     gc.collect()
     t = time.perf_counter()
-    store = FaissStore(path, verify="full")
+    FaissStore(path, read_only=True, verify="size", key_file=key_file).close()
+    open_quick_s = time.perf_counter() - t
+    t = time.perf_counter()
+    store = FaissStore(path, verify="full", key_file=key_file)
     open_s = time.perf_counter() - t
     st = store.stats()
     for i in range(min(20, queries)):  # warm-up
         store.search(qs[i: i + 1], 10)
-    lat10 = []
+    lat10, cpu10 = [], []
     for i in range(queries):
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         store.search(qs[i: i + 1], 10)
         lat10.append(time.perf_counter() - t0)
-    lat_ret = []
+        cpu10.append(time.thread_time() - c0)
+    lat_ret, cpu_ret = [], []
     for i in range(queries):
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         retrieve(store, qs[i: i + 1], 10)
         lat_ret.append(time.perf_counter() - t0)
+        cpu_ret.append(time.thread_time() - c0)
     _, got = store.search(qs, 10)
     t = time.perf_counter()
     _, truth = faiss.knn(qs, data, 10, metric=faiss.METRIC_INNER_PRODUCT)
     recall = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(got, truth)]))
     res = {
-        "n": n, "data": data_model, "dim": dim, "latent_shape": [L, C], "latent_dtype": latent_dtype,
+        "n": n, "encryption": st["encryption"], "data": data_model, "dim": dim, "latent_shape": [L, C],
+        "latent_dtype": latent_dtype,
         "index": st["index"],
         "build_s": round(build_s, 2), "add_s": round(t_add, 2), "open_verify_s": round(open_s, 2),
+        "open_s": round(open_quick_s, 2),
         "search_k10": _pct(lat10), "retrieve_m10": _pct(lat_ret), "recall_at_10": round(recall, 4),
+        "search_k10_cpu": _pct(cpu10), "retrieve_m10_cpu": _pct(cpu_ret),
         "queries": queries, "data_gen_s": round(gen_s, 2), "truth_s": round(time.perf_counter() - t, 2),
         "disk_mb": round(sum(p.stat().st_size for p in path.iterdir()) / 2**20, 1),
     }
@@ -177,6 +186,7 @@ def bench_store(
     keep: bool = False,
     say: Callable[[str], None] = print,
     data_model: str = "structured",
+    key_file: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`bench_one` for each size (sizes >= ``big_from`` use ``big_latent_shape``)."""
     import faiss
@@ -189,7 +199,8 @@ def bench_store(
     try:
         for n in sizes:
             shape = big_latent_shape if n >= big_from else latent_shape
-            report["results"].append(bench_one(n, dim, queries, shape, latent_dtype, base, say, data_model))
+            report["results"].append(bench_one(n, dim, queries, shape, latent_dtype, base, say, data_model,
+                                                key_file))
             if not keep:
                 shutil.rmtree(base / f"store_{n}", ignore_errors=True)
     finally:
@@ -246,3 +257,87 @@ def dds_round_trip(store_path: str | None, n: int = 100) -> dict[str, Any]:
     except ImportError as exc:
         raise NotImplementedError(f"ROS 2 (rclpy and this package's interfaces) not available: {exc}") from None
     return service_round_trip(store_path, n=n)
+
+
+def bench_encryption(n: int, dim: int = 512, queries: int = 1000, latent_shape: tuple[int, int] = (14, 512),
+                     latent_dtype: str = "float16", workdir: str | None = None, rounds: int = 3,
+                     say: Callable[[str], None] = print, data_model: str = "structured") -> dict[str, Any]:
+    """Encrypted vs unencrypted store of the same ``n`` entries, measured interleaved in one process.
+
+    Builds one store, copies it and re-keys the copy (AES-256-GCM), then alternates between the two
+    for every measurement (open, each query, each retrieval), so a busy machine slows both alike.
+    """
+    import faiss
+
+    from latent_rag_ros.core.retrieval import retrieve
+    from latent_rag_ros.store.crypto import generate_key_file
+    from latent_rag_ros.store.faiss_store import FaissStore
+
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="latent_rag_bench_enc_"))
+    keydir = Path(tempfile.mkdtemp(prefix="latent_rag_key_"))
+    key = str(keydir / "bench.key")
+    generate_key_file(key)
+    try:
+        plain, enc = base / f"plain_{n}", base / f"enc_{n}"
+        shutil.rmtree(plain, ignore_errors=True)
+        shutil.rmtree(enc, ignore_errors=True)
+        data, qs = synthetic_data(data_model, n, dim, queries)
+        L, C = latent_shape
+        block = np.random.default_rng(2).standard_normal((min(n, 4096), L, C), dtype=np.float32)
+        t = time.perf_counter()
+        s = FaissStore.create(plain, dim, L, C, latent_dtype=latent_dtype, snapshot_min=1 << 62)
+        for a in range(0, n, 50_000):
+            s.add(data[a: a + 50_000], np.resize(block, (min(n, a + 50_000) - a, L, C)))
+        s.compact()
+        s.close()
+        build_s = time.perf_counter() - t
+        shutil.copytree(plain, enc)
+        t = time.perf_counter()
+        with FaissStore(enc, verify="size") as s:
+            s.rekey(key)
+        rekey_s = time.perf_counter() - t
+        opts = {"plain": {}, "enc": {"key_file": key}}
+        paths = {"plain": plain, "enc": enc}
+        opens: dict[str, list[float]] = {"plain": [], "enc": []}
+        open_cpu: dict[str, list[float]] = {"plain": [], "enc": []}
+        for _ in range(rounds):
+            for kind in ("plain", "enc"):
+                gc.collect()
+                c, t = time.process_time(), time.perf_counter()
+                FaissStore(paths[kind], read_only=True, verify="size", **opts[kind]).close()
+                opens[kind].append(time.perf_counter() - t)
+                open_cpu[kind].append(time.process_time() - c)
+        stores = {k: FaissStore(paths[k], read_only=True, verify="size", **opts[k]) for k in paths}
+        lat: dict[str, list[float]] = {"plain": [], "enc": []}
+        ret: dict[str, list[float]] = {"plain": [], "enc": []}
+        cpu: dict[str, list[float]] = {"plain": [], "enc": []}
+        cpu_ret: dict[str, list[float]] = {"plain": [], "enc": []}
+        for i in range(queries):
+            for k, st in stores.items():
+                c0, t0 = time.thread_time(), time.perf_counter()
+                st.search(qs[i: i + 1], 10)
+                lat[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.thread_time() - c0)
+                c0, t0 = time.thread_time(), time.perf_counter()
+                retrieve(st, qs[i: i + 1], 10)
+                ret[k].append(time.perf_counter() - t0)
+                cpu_ret[k].append(time.thread_time() - c0)
+        _, truth = faiss.knn(qs, data, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        res: dict[str, Any] = {"n": n, "latent_shape": [L, C], "latent_dtype": latent_dtype,
+                               "build_s": round(build_s, 2), "rekey_s": round(rekey_s, 2),
+                               "load_average": list(os.getloadavg())}
+        for k, st in stores.items():
+            _, got = st.search(qs, 10)
+            res[k] = {"open_s_median": round(float(np.median(opens[k])), 3), "search_k10": _pct(lat[k]),
+                      "retrieve_m10": _pct(ret[k]), "search_k10_cpu": _pct(cpu[k]),
+                      "retrieve_m10_cpu": _pct(cpu_ret[k]),
+                      "open_cpu_s_median": round(float(np.median(open_cpu[k])), 3), "recall_at_10": round(float(np.mean(
+                          [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(got, truth)])), 4),
+                      "disk_mb": round(sum(p.stat().st_size for p in paths[k].iterdir()) / 2**20, 1)}
+            st.close()
+        say(json.dumps(res))
+        return res
+    finally:
+        shutil.rmtree(keydir, ignore_errors=True)
+        if not workdir:
+            shutil.rmtree(base, ignore_errors=True)

@@ -23,6 +23,7 @@ import torch
 
 from latent_rag_ros.store import open_store, resolve_backend
 from latent_rag_ros.store.base import StoreError, StoreMismatchError, StoreNotFoundError, VectorStore
+from latent_rag_ros.store.faiss_store import DB_NAME, LEGACY_MANIFEST
 
 LOG = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def default_built_with(reid: Any, latent_encoder: Any) -> dict[str, str]:
 
 def _store_exists(out: str | os.PathLike, backend: str) -> bool:
     if resolve_backend(out, backend) == "faiss":
-        return (Path(out) / "manifest.json").is_file()
+        return (Path(out) / DB_NAME).is_file() or (Path(out) / LEGACY_MANIFEST).is_file()
     try:
         open_store(out, backend=backend).close()
     except StoreNotFoundError:
@@ -150,7 +151,7 @@ def build_store(
             store.add(f, w, [s.pid or "" for s in todo], [s.name for s in todo])
             stats["added"] += len(todo)
         if store is not None and hasattr(store, "compact"):
-            store.compact()  # fold the log into a checksummed snapshot for fast opening
+            store.compact()  # snapshot the index (fast opening) and truncate the SQLite WAL
         stats["size"] = len(store) if store is not None else 0
         stats["version"] = store.version if store is not None else ""
     finally:

@@ -1,63 +1,64 @@
-"""The embedded vector store: a directory of checksummed snapshot segments plus a write-ahead log.
+"""The embedded vector store: SQLite holds every entry durably; FAISS is a derived in-memory index.
 
 Directory layout::
 
-    manifest.json   schema version, dims, latent dtype, built_with, uuid, sequence number,
-                    and the snapshot: segments, tombstones and index files with sha256 + size
-    wal.log         append-only log of adds/removes since the snapshot (see store/wal.py)
-    LOCK            flock'ed by the one process that opens the store for writing
-    seg-g<gen>-s<first slot>.{ids.i64,vectors.f32,latents.f32|latents.f16,meta.json}
-    tomb-g<gen>.i64 ids removed but still present in the segments
-    index-g<gen>.faiss  the HNSW graph (only when the index is HNSW; see store/ann.py)
+    store.sqlite (+ -wal, -shm)  the truth: SQLite in WAL mode with ``synchronous=FULL`` and
+                                 ``secure_delete=ON``. Tables: ``meta`` (format, dims, latent dtype,
+                                 built_with, uuid, sequence number, next id, encryption, key check),
+                                 ``entries`` (id, created_at, sealed [label, name]), ``vectors``
+                                 (id, sealed float32 vector), ``latents`` (id, sealed W+ code).
+    index.snap                   a sealed ``faiss.serialize_index`` snapshot (store/snapshot.py);
+                                 derived data, rebuilt from SQLite when missing or stale
+    LOCK                         flock'ed by the one process that opens the store for writing
 
-Durability: ``add``/``remove`` return after their log record is fsync'ed. ``compact()`` (run
-automatically when the log passes ``compact_wal_bytes``, default 256 MiB) moves logged entries
-into a new segment, writes each new file atomically (tmp, fsync, rename, fsync dir), then the
-manifest, then an empty log, then deletes files the manifest no longer names. A crash at any
-point leaves a store that opens to exactly the acknowledged entries: log records already in the
-snapshot are recognised by their sequence number and skipped.
+Durability: ``add``/``remove`` return after their SQLite transaction committed (fsync'ed WAL);
+the index in memory is updated after the commit. A crash at any point leaves a store that opens
+to exactly the acknowledged entries (SQLite's recovery), and the index is caught up on open: a
+snapshot is loaded when it matches the store (uuid, key, ids), entries added after it are read
+from SQLite and inserted, entries removed after it are filtered and their vectors zeroed. Without
+a usable snapshot the index is rebuilt from the vectors table (minutes at 1M entries for HNSW;
+the store writes a snapshot on ``compact`` and whenever ``snapshot_min`` new entries arrived).
 
-Opening verifies every snapshot file (size and sha256; ``verify="size"`` skips hashing the two
-big raw arrays, vectors and latents, for very large stores that are then checked with ``store
-verify``; ids, labels, tombstones and the index file are always hashed, so FAISS never parses a
-damaged file) and replays the log; a torn last record is dropped, anything else wrong raises
-:class:`StoreCorruptError` naming the file.
+Erasure: ``remove`` deletes the rows in one transaction (``secure_delete`` zeroes the freed
+content), zeroes the entries' vectors in the in-memory index, checkpoints and truncates the
+SQLite WAL (old page images) and rewrites the snapshot when it held the entries, so once
+``remove`` returns the removed bytes are in no store file (test_store_erasure.py).
 
-Memory: identity vectors live in the FAISS index (RAM, as FAISS needs them); W+ codes are read
-on demand from memory-mapped segment files (or, for entries not yet compacted, from the log by
-offset), so a store of 1M codes of 14x512 needs their 14 GiB (fp16) on disk, not in RAM. The
-HNSW index is saved with its checksum when it covers <90% of the slots saved, so opening a
-large store does not rebuild the graph; flat indexes are rebuilt from the vectors on open.
+Encryption at rest (``key_file``, store/crypto.py): vectors, W+ codes, labels/names and the
+snapshot are sealed with AES-256-GCM, each value bound to its store, table and row id. The FAISS
+index is not rebuilt from rows on open but loaded from the encrypted snapshot (decrypting costs a
+fraction of an HNSW rebuild; bench numbers in docs/NOTES.md). Without a key values carry a
+BLAKE2b integrity digest. ``created_at``, ids and counts are not secret.
+
+Integrity: a damaged SQLite file raises :class:`StoreCorruptError` naming ``store.sqlite``; every
+value read is checked by its tag/digest (``verify="full"`` on open checks all of them, ``"size"``
+only what opening needs); ``verify()`` also runs ``PRAGMA integrity_check``.
+
+Size: this module is ~700 lines on purpose: one class keeps the in-memory slots, the index and
+the database consistent under one lock (SQL lives in store/sqlite_db.py, sealing in
+store/crypto.py, the snapshot format in store/snapshot.py, the index policy in store/ann.py).
 
 Latent dtype (``latent_dtype``, fixed at creation): ``float32`` (default, exact) or ``float16``
-(half the disk and page cache). float16 keeps 11 significant bits (relative error <= 4.9e-4 per
-value). Measured: on N(0, 2) codes of 14x512 the mean relative L2 error is 2.1e-4 and the largest
-absolute error 0.0039 (|w| up to 9.5); with the project's random-weight StyleGAN3-T (64x32) and
-the real MobileNetV2 re-ID, images from float16 codes differ by at most 1.1e-4 per pixel and the
-re-ID cosine to the float32 images is 1.0000 (min 0.99999994 over 16 codes). For trained models
-``latent-rag bench store --fp16-cost --config FILE`` measures the same with the configured models.
-
-Removed entries are tombstoned; ``compact`` purges them (renumbering slots and rebuilding the
-index) once they exceed ``purge_fraction`` (default 0.2) of the slots, or when asked.
+(half the disk; relative error <= 4.9e-4 per value; the identity cost is measured with
+``latent-rag bench store --fp16-cost``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import json
 import logging
 import os
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latent_rag_ros.store import wal as walmod
 from latent_rag_ros.store.ann import IdentityIndex, IndexParams
 from latent_rag_ros.store.base import (
     StoreCorruptError,
@@ -67,37 +68,28 @@ from latent_rag_ros.store.base import (
     check_dims,
     check_ids,
     check_k,
-    check_latents,
-    check_texts,
-    first_duplicate,
     normalize_vectors,
     to_latent_dtype,
 )
-from latent_rag_ros.store.files import (
-    array_chunks,
-    atomic_write,
-    atomic_write_json,
-    check_file,
-    read_json,
+from latent_rag_ros.store.crypto import SealError, codec_for
+from latent_rag_ros.store.files import fsync_dir
+from latent_rag_ros.store.snapshot import read_snapshot, write_snapshot
+from latent_rag_ros.store.sqlite_db import (
+    FORMAT,
+    SCHEMA_VERSION,
+    MissingRowsError,
+    StoreDB,
+    create_db,
+    key_check,
 )
 
 LOG = logging.getLogger(__name__)
 
-FORMAT = "latent_rag_ros.store"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-WAL_NAME = "wal.log"
+DB_NAME = "store.sqlite"
+SNAP_NAME = "index.snap"
 LOCK_NAME = "LOCK"
+LEGACY_MANIFEST = "manifest.json"
 LATENT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
-_OWN_PREFIXES = ("seg-", "tomb-", "index-")
-
-
-@dataclass
-class _Segment:
-    first: int
-    count: int
-    rec: dict[str, Any]
-    latents: np.ndarray
 
 
 class _Grow:
@@ -128,8 +120,15 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def legacy_error(root: Path) -> StoreError:
+    """The error for a directory in the pre-SQLite format (manifest.json, segments, wal.log)."""
+    return StoreError(f"{root}: this store uses the old segment/log format (manifest.json), which this version no "
+                      "longer reads; rebuild it from its images with `latent-rag build-store --out NEW_DIR` "
+                      "(an older latent_rag_ros can still read it)")
+
+
 class FaissStore(VectorStore):
-    """FAISS-indexed store in a local directory (see the module docstring for the format)."""
+    """FAISS-indexed store over a SQLite file in a local directory (format in the module docstring)."""
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -142,36 +141,41 @@ class FaissStore(VectorStore):
         built_with: dict[str, str] | None = None,
         latent_dtype: str = "float32",
         index: dict[str, Any] | None = None,
+        key_file: str | os.PathLike | None = None,
         **opts: Any,
     ) -> FaissStore:
-        """Create an empty store directory and open it for writing."""
+        """Create an empty store directory (encrypted when ``key_file`` is given) and open it for writing."""
         dim, num_ws, w_dim = check_dims(dim, num_ws, w_dim)
         params = IndexParams.from_dict(index)
+        unknown = sorted(set(opts) - {"read_only", "verify", "snapshot_min", "purge_fraction", "clock"})
+        if unknown:  # before anything is written
+            raise TypeError(f"unknown store option(s) {unknown}")
         if latent_dtype not in LATENT_DTYPES:
             raise ValueError(f"latent_dtype must be one of {sorted(LATENT_DTYPES)}, got {latent_dtype!r}")
-        root = Path(path)
+        root = Path(path).expanduser()
         root.mkdir(parents=True, exist_ok=True)
-        if (root / MANIFEST).exists():
+        if (root / DB_NAME).exists():
             raise StoreError(f"{root}: a store already exists here")
-        leftovers = [p.name for p in root.iterdir()
-                     if p.name not in (LOCK_NAME, WAL_NAME) and not p.name.endswith(".tmp")]
+        if (root / LEGACY_MANIFEST).exists():
+            raise legacy_error(root)
+        codec = codec_for(key_file, root)
+        leftovers = [p.name for p in root.iterdir() if p.name != LOCK_NAME and not p.name.startswith(DB_NAME + ".tmp")]
         if leftovers:
             raise StoreError(f"{root}: directory is not empty and holds no store ({', '.join(sorted(leftovers)[:5])})")
         lock_fd = _lock(root)
         try:
-            store_uuid = str(uuidlib.uuid4())
-            walmod.create_wal(root / WAL_NAME, store_uuid, 0)
-            manifest = {
-                "format": FORMAT, "schema_version": SCHEMA_VERSION, "store_uuid": store_uuid,
-                "created": _now(), "updated": _now(), "dim": dim, "num_ws": num_ws, "w_dim": w_dim,
-                "latent_dtype": latent_dtype, "metric": "cosine", "built_with": dict(built_with or {}),
-                "generation": 0, "seq": 0, "next_id": 0, "slots": 0, "segments": [], "tombstones": None,
-                "index": None, "index_params": params.to_dict(),
+            uuid = str(uuidlib.uuid4())
+            meta = {
+                "format": FORMAT, "schema_version": SCHEMA_VERSION, "store_uuid": uuid, "created": _now(),
+                "dim": dim, "num_ws": num_ws, "w_dim": w_dim, "latent_dtype": latent_dtype, "metric": "cosine",
+                "built_with": dict(built_with or {}), "seq": 0, "next_id": 0, "index_params": params.to_dict(),
+                "encryption": codec.scheme, "key_id": codec.key_id,
+                "key_check": key_check(codec, uuid),
             }
-            atomic_write_json(root / MANIFEST, manifest)
+            create_db(root / DB_NAME, meta)  # the store exists only once it is complete
         finally:
             os.close(lock_fd)
-        return cls(root, index=index, **opts)
+        return cls(root, index=index, key_file=key_file, **opts)
 
     def __init__(
         self,
@@ -179,189 +183,152 @@ class FaissStore(VectorStore):
         read_only: bool = False,
         verify: str = "full",
         index: dict[str, Any] | None = None,
-        compact_wal_bytes: int = 256 << 20,
+        key_file: str | os.PathLike | None = None,
+        snapshot_min: int = 20_000,
         purge_fraction: float = 0.2,
-        max_segments: int = 16,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if verify not in ("full", "size"):
             raise ValueError(f"verify must be 'full' or 'size', got {verify!r}")
         IndexParams.from_dict(index)  # a typo in the caller's options is a ValueError, not a corrupt store
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
+        self.db_path = self.path / DB_NAME
         self.read_only = bool(read_only)
-        self.compact_wal_bytes = int(compact_wal_bytes)
+        self.snapshot_min = int(snapshot_min)
         self.purge_fraction = float(purge_fraction)
-        self.max_segments = max(1, int(max_segments))
+        self.clock = clock
         self._lock = threading.RLock()
         self._closed = False
         self._broken: BaseException | None = None
         self._lock_fd = -1
-        self._wal: walmod.WalWriter | None = None
-        self._wal_rfd = -1
-        if not (self.path / MANIFEST).is_file():
-            raise StoreNotFoundError(f"{self.path}: no store here (manifest.json missing); create it with create=True")
-        if not self.read_only:
-            self._lock_fd = _lock(self.path)
-        attempts = 1 if not self.read_only else 10
-        for attempt in range(attempts):
-            before = (self.path / MANIFEST).read_bytes()
-            try:
-                try:
-                    self._load(verify, index)
-                except FileNotFoundError as exc:
-                    raise StoreCorruptError(str(exc.filename), "file vanished while the store was opened") from None
-                break
-            except StoreCorruptError:
-                # a reader racing a writer's compaction sees files vanish: retry on the new manifest
-                changed = (self.path / MANIFEST).read_bytes() != before
-                self._release_files()
-                if not changed or attempt == attempts - 1:
-                    self.close()
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-            except BaseException:
-                self.close()
-                raise
+        self._db: StoreDB | None = None
+        if not self.db_path.is_file():
+            if (self.path / LEGACY_MANIFEST).exists():
+                raise legacy_error(self.path)
+            raise StoreNotFoundError(f"{self.path}: no store here ({DB_NAME} missing); build one with "
+                                     "`latent-rag build-store` or open it with create=True")
+        try:
+            if not self.read_only:
+                self._lock_fd = _lock(self.path)
+            self._db = StoreDB(self.db_path, self.read_only)
+            with self._db.read_snapshot():  # one read view for the whole load, even while a writer commits
+                snap_dead = self._load(verify, index, key_file)
+            if not self.read_only:  # finish an erasure a crash interrupted: old page images, stale snapshot
+                self._erase_from_disk(rewrite_snapshot=snap_dead)
+        except BaseException:
+            self.close()
+            raise
 
-    def _load(self, verify: str, index_over: dict[str, Any] | None) -> None:
-        m = read_json(self.path / MANIFEST, "store manifest")
-        mpath = str(self.path / MANIFEST)
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise StoreCorruptError(mpath, "not a latent_rag_ros store manifest")
-        if int(m.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StoreError(f"{mpath}: store schema version {m.get('schema_version')} is not supported "
+    def _load(self, verify: str, index_over: dict[str, Any] | None, key_file: str | os.PathLike | None) -> bool:
+        """Read meta, entries and the index; True when the snapshot still holds removed entries."""
+        db = str(self.db_path)
+        assert self._db is not None
+        meta = self._db.meta()
+        if meta.get("format") != FORMAT:
+            raise StoreCorruptError(db, "not a latent_rag_ros store (meta.format missing or wrong)")
+        if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise StoreError(f"{db}: store schema version {meta.get('schema_version')} is not supported "
                              f"(this program reads version {SCHEMA_VERSION})")
         try:
-            self._dim, self._num_ws, self._w_dim = int(m["dim"]), int(m["num_ws"]), int(m["w_dim"])
-            self._dtype = LATENT_DTYPES[m["latent_dtype"]]
-            self._uuid = str(m["store_uuid"])
-            self._manifest = m
-            full = verify == "full"
-            params = IndexParams.from_dict({**(m.get("index_params") or {}), **(index_over or {})})
-            self._row_bytes = self._num_ws * self._w_dim * self._dtype.itemsize
-
-            ids, labels, names, segments, seg_vectors = [], [], [], [], []
-            for seg in m["segments"]:
-                segments.append(self._open_segment(seg, full))
-                f = seg["files"]
-                ids.append(np.fromfile(check_file(self.path, f["ids"], "segment ids"), dtype="<i8"))
-                if len(ids[-1]) > 1 and np.any(np.diff(ids[-1]) <= 0):
-                    raise StoreCorruptError(str(self.path / f["ids"]["name"]), "segment ids are not increasing")
-                check_file(self.path, f["vectors"], "segment vectors", full)
-                if int(f["vectors"]["bytes"]) != int(seg["count"]) * 4 * self._dim:
-                    raise StoreCorruptError(str(self.path / f["vectors"]["name"]), "vector file size does not "
-                                            "match count x dim")
-                seg_vectors.append((seg, f["vectors"]))
-                meta = read_json(check_file(self.path, f["meta"], "segment labels"), "segment labels")
-                labels.extend(str(x[0]) for x in meta)
-                names.extend(str(x[1]) for x in meta)
-                if len(meta) != seg["count"] or len(ids[-1]) != seg["count"]:
-                    raise StoreCorruptError(str(self.path / f["meta"]["name"]),
-                                            "segment files disagree on the entry count")
-            all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-            self._slot_ids = _Grow(np.int64, all_ids)
-            self._alive = _Grow(np.bool_, np.ones(len(all_ids), bool))
-            self._labels, self._names = labels, names
-            self._segments = segments
-            self._seg_starts = [s.first for s in segments]
-            self._wal_first = len(all_ids)
-            self._wal_off = _Grow(np.int64)
-            self._seq = int(m["seq"])
-            self._next_id = int(m["next_id"])
-            if len(all_ids) != int(m["slots"]) or (len(all_ids) and (np.any(np.diff(all_ids) <= 0)
-                                                                      or all_ids[-1] >= self._next_id)):
-                raise StoreCorruptError(mpath, "segment ids are not the increasing ids the manifest describes")
-            tomb = m.get("tombstones")
-            if tomb:
-                dead = np.fromfile(check_file(self.path, tomb, "tombstones"), dtype="<i8")
-                pos = np.searchsorted(all_ids, dead)
-                if np.any(pos >= len(all_ids)) or np.any(all_ids[np.minimum(pos, len(all_ids) - 1)] != dead):
-                    raise StoreCorruptError(str(self.path / tomb["name"]), "tombstones name ids not in the segments")
-                self._alive.view[pos] = False
+            self._dim, self._num_ws, self._w_dim = int(meta["dim"]), int(meta["num_ws"]), int(meta["w_dim"])
+            self._dtype = LATENT_DTYPES[meta["latent_dtype"]]
+            self._uuid = str(meta["store_uuid"])
+            self._seq, self._next_id = int(meta["seq"]), int(meta["next_id"])
+            params = IndexParams.from_dict({**(meta.get("index_params") or {}), **(index_over or {})})
+            if not (isinstance(meta["encryption"], str) and isinstance(meta["key_id"], str)):
+                raise ValueError("encryption/key_id are not strings")
+            bytes.fromhex(meta["key_check"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise StoreCorruptError(mpath, f"manifest is missing or has invalid fields ({exc})") from None
+            raise StoreCorruptError(db, f"meta table is missing or has invalid fields ({exc})") from None
+        self._meta = meta
+        self._codec = self._db.open_codec(meta, key_file, self.path)
+        live, labels, names = self._db.entries()
+        if len(live) and live[-1] >= self._next_id:
+            raise StoreCorruptError(db, f"entry id {live[-1]} is not below meta.next_id {self._next_id}")
 
-        # index: saved HNSW graph (checksummed) + vectors it does not cover, or rebuilt from vectors
         self._index = IdentityIndex(self._dim, params)
-        irec = m.get("index")
-        covered = 0
-        if irec and not self._index.gpu:  # always hashed: FAISS must never parse a damaged file
-            self._index.load(check_file(self.path, irec, "index"), irec)
-            covered = int(irec["slots"])
-        for seg, vrec in seg_vectors:
-            if seg["first_slot"] + seg["count"] <= covered:
-                continue
-            vec = np.memmap(self.path / vrec["name"], dtype="<f4", mode="r", shape=(seg["count"], self._dim))
-            for s in range(max(0, covered - seg["first_slot"]), seg["count"], 100_000):
-                self._index.add(np.array(vec[s: s + 100_000]), self._alive.view)
-            del vec
-        self._replay(full)
+        snap = self._load_snapshot(live)
+        if snap is None:
+            slot_ids, alive = live, np.ones(len(live), bool)
+            slot_labels, slot_names = labels, names
+            self._add_from_db(live)
+            self._snap_slots = 0
+        else:
+            slot_ids, alive = snap
+            pos = np.searchsorted(live, slot_ids[alive])
+            slot_labels = [""] * len(slot_ids)
+            slot_names = [""] * len(slot_ids)
+            for s, p in zip(np.flatnonzero(alive).tolist(), pos.tolist()):
+                slot_labels[s], slot_names[s] = labels[p], names[p]
+            new = live[live > (slot_ids[-1] if len(slot_ids) else -1)]
+            first_new = len(live) - len(new)
+            slot_labels += labels[first_new:]
+            slot_names += names[first_new:]
+            self._snap_slots = len(slot_ids)
+            slot_ids = np.concatenate([slot_ids, new])
+            alive = np.concatenate([alive, np.ones(len(new), bool)])
+            self._index.scrub(np.flatnonzero(~alive))
+            self._add_from_db(new, alive)
+        self._slot_ids = _Grow(np.int64, slot_ids)
+        self._alive = _Grow(np.bool_, alive)
+        self._labels, self._names = slot_labels, slot_names
         self._alive_version = 0
         self._n_alive = int(self._alive.view.sum())
         self._name_slot = {nm: i for i, nm in enumerate(self._names) if nm and self._alive.view[i]}
+        if verify == "full":
+            self._check_rows(live)
+        return snap is not None and not snap[1].all()
 
-    def _open_segment(self, seg: dict[str, Any], full: bool) -> _Segment:
-        rec = seg["files"]["latents"]
-        p = check_file(self.path, rec, "segment latents", full)
-        count = int(seg["count"])
-        if int(rec["bytes"]) != count * self._row_bytes:
-            raise StoreCorruptError(str(p), "latent file size does not match count x num_ws x w_dim")
-        lat = np.memmap(p, dtype=self._dtype, mode="r", shape=(count, self._num_ws, self._w_dim)) if count else \
-            np.zeros((0, self._num_ws, self._w_dim), self._dtype)
-        return _Segment(int(seg["first_slot"]), count, seg, lat)
+    def _load_snapshot(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(slot ids, alive) from a snapshot that matches the store, or None (then the index is rebuilt)."""
+        p = self.path / SNAP_NAME
+        if not p.exists():
+            return None
+        try:
+            header, slot_ids, body = read_snapshot(p, self._codec, self._uuid)
+            if header.get("store_uuid") != self._uuid or header.get("key_id") != self._codec.key_id:
+                raise ValueError("written for another store or key")
+            if len(slot_ids) != int(header["slots"]) or (len(slot_ids) > 1 and np.any(np.diff(slot_ids) <= 0)):
+                raise ValueError("slot ids are not increasing")
+            alive = np.isin(slot_ids, live)
+            top = slot_ids[-1] if len(slot_ids) else -1
+            if np.count_nonzero(live <= top) != int(alive.sum()):
+                raise ValueError("the store holds entries the snapshot lacks")
+            self._index.from_bytes(body, header, len(slot_ids))
+            return slot_ids, alive
+        except (SealError, ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
+            LOG.warning("%s: index snapshot not used (%s); rebuilding the index from %s", p, exc, DB_NAME)
+            self._index = IdentityIndex(self._dim, self._index.params)
+            return None
 
-    def _replay(self, full: bool) -> None:
-        wal_path = self.path / WAL_NAME
-        try:  # scan and later reads use this one descriptor, even if a writer replaces the file
-            self._wal_rfd = os.open(wal_path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise StoreCorruptError(str(wal_path), "write-ahead log is missing (acknowledged entries may be lost)") \
-                from None
-        scan = walmod.scan_wal(wal_path, self._dim, self._row_bytes, fd=self._wal_rfd)
-        if scan.store_uuid != self._uuid:
-            raise StoreCorruptError(str(wal_path), "write-ahead log belongs to another store (uuid differs)")
-        if scan.base_seq > self._seq:
-            raise StoreCorruptError(str(wal_path), f"log follows snapshot {scan.base_seq} but the manifest holds "
-                                    f"{self._seq} (manifest.json is older than the log)")
-        if scan.torn_bytes:
-            LOG.warning("%s: dropping a torn last record (%d bytes, never acknowledged)", wal_path, scan.torn_bytes)
-        pending: list[np.ndarray] = []
-        stale = 0
-        for rec in scan.records:
-            if rec.seq <= self._seq:
-                stale += 1
-                continue
-            if rec.seq != self._seq + 1:
-                raise StoreCorruptError(str(wal_path), f"record at byte {rec.offset} has sequence {rec.seq}, "
-                                        f"expected {self._seq + 1} (records missing)")
-            if rec.kind == walmod.ADD:
-                if len(rec.ids) == 0 or rec.ids[0] < self._next_id or np.any(np.diff(rec.ids) <= 0):
-                    raise StoreCorruptError(str(wal_path), f"add record at byte {rec.offset} reuses ids")
-                pending.append(rec.vectors)
-                self._append_slots(rec.ids, rec.labels, rec.names, rec.latent_offset)
-            else:
-                slots = self._lookup(rec.ids, str(wal_path))
-                self._alive.view[slots] = False
-            self._seq = rec.seq
-        if pending:
-            self._index.add(np.concatenate(pending), self._alive.view)
-        if not self.read_only:
-            if stale and stale == len(scan.records):  # crash between manifest and log reset: finish it
-                walmod.create_wal(wal_path, self._uuid, self._seq)
-                os.close(self._wal_rfd)
-                self._wal_rfd = os.open(wal_path, os.O_RDONLY)
-                self._wal = walmod.WalWriter(wal_path, walmod.FILE_HEADER_SIZE)
-            else:
-                self._wal = walmod.WalWriter(wal_path, scan.good_end)
-            self._remove_orphans()
+    def _add_from_db(self, ids: np.ndarray, alive: np.ndarray | None = None) -> None:
+        """Insert the vectors of ``ids`` (ascending) from SQLite into the index, in batches."""
+        step = 50_000
+        for s in range(0, len(ids), step):
+            chunk = ids[s: s + step]
+            vec = self._read_rows("vectors", chunk, np.dtype("<f4"), (self._dim,))
+            self._index.add(vec, alive)
 
-    def _append_slots(self, ids: np.ndarray, labels: list[str], names: list[str], lat_offset: int) -> None:
-        n = len(ids)
-        self._slot_ids.extend(ids)
-        self._alive.extend(np.ones(n, bool))
-        self._labels.extend(labels)
-        self._names.extend(names)
-        self._wal_off.extend(lat_offset + np.arange(n, dtype=np.int64) * self._row_bytes)
-        self._next_id = int(ids[-1]) + 1
+    def _read_rows(self, table: str, ids: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        assert self._db is not None
+        try:
+            return self._db.read_rows(table, ids, dtype, shape)
+        except MissingRowsError:
+            if self.read_only:  # a writer removed them after this read-only view was opened
+                raise ValueError(f"{self.path}: entries were removed since this read-only view was opened; "
+                                 "reopen the store") from None
+            raise
+
+    def _check_rows(self, live: np.ndarray) -> None:
+        """Unseal every vector and latent row (tags/digests) and check both tables cover the entries."""
+        for table, dtype, shape in (("vectors", np.dtype("<f4"), (self._dim,)),
+                                    ("latents", self._dtype, (self._num_ws, self._w_dim))):
+            for s in range(0, len(live), 20_000):
+                self._read_rows(table, live[s: s + 20_000], dtype, shape)
+            assert self._db is not None
+            n = self._db.count(table)
+            if n != len(live):
+                raise StoreCorruptError(str(self.db_path), f"{table} holds {n} rows for {len(live)} entries")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -382,60 +349,37 @@ class FaissStore(VectorStore):
 
     @property
     def built_with(self) -> dict[str, str]:
-        return dict(self._manifest.get("built_with") or {})
+        return dict(self._meta.get("built_with") or {})
 
     @property
-    def latent_dtype(self) -> str:
-        """``float32`` or ``float16``: how W+ codes are kept on disk."""
-        return str(self._manifest["latent_dtype"])
+    def key_id(self) -> str:
+        """Fingerprint of the store key ("" when the store is not encrypted)."""
+        return self._codec.key_id
 
     def __len__(self) -> int:
         return self._n_alive
 
-    # ------------------------------------------------------------------ helpers
     def _check_open(self, write: bool = False) -> None:
         if self._closed:
             raise StoreError(f"{self.path}: store is closed")
         if self._broken is not None:
-            raise StoreError(f"{self.path}: store must be reopened after an internal error ({self._broken})")
+            raise StoreError(f"{self.path}: store is in an unknown state after a failure ({self._broken}); reopen it")
         if write and self.read_only:
             raise StoreError(f"{self.path}: store was opened read-only")
 
-    def _lookup(self, ids: Any, where: str | None = None) -> np.ndarray:
-        """Slots of live ids; unknown or removed ids raise ValueError (StoreCorruptError in replay)."""
+    def _lookup(self, ids: Any) -> np.ndarray:
+        """Slots of live ids; unknown or removed ids raise ValueError."""
         q = check_ids(ids)
         all_ids = self._slot_ids.view
         pos = np.searchsorted(all_ids, q)
-        ok = pos < len(all_ids)
-        ok[ok] = all_ids[pos[ok]] == q[ok]
-        ok[ok] = self._alive.view[pos[ok]]
+        posc = np.minimum(pos, max(0, len(all_ids) - 1))
+        ok = (pos < len(all_ids)) & (all_ids[posc] == q) if len(all_ids) else np.zeros(len(q), bool)
+        ok &= self._alive.view[posc] if len(all_ids) else ok
         if not np.all(ok):
-            bad = q[~ok][:5].tolist()
-            if where:
-                raise StoreCorruptError(where, f"remove record names ids not in the store: {bad}")
-            raise ValueError(f"unknown or removed store ids: {bad}")
-        return pos
+            raise ValueError(f"unknown or removed ids: {q[~ok][:10].tolist()}")
+        return posc
 
-    def _read_latents_raw(self, slots: np.ndarray) -> np.ndarray:
-        """W+ codes of ``slots`` in the store dtype, from segment memmaps or the log."""
-        out = np.empty((len(slots), self._num_ws, self._w_dim), dtype=self._dtype)
-        in_seg = slots < self._wal_first
-        if np.any(in_seg):
-            which = np.searchsorted(self._seg_starts, slots[in_seg], side="right") - 1
-            pos = np.flatnonzero(in_seg)
-            for si in np.unique(which):
-                seg = self._segments[si]
-                sel = which == si
-                out[pos[sel]] = seg.latents[slots[in_seg][sel] - seg.first]
-        for i in np.flatnonzero(~in_seg):
-            off = int(self._wal_off.view[slots[i] - self._wal_first])
-            buf = os.pread(self._wal_rfd, self._row_bytes, off)
-            if len(buf) != self._row_bytes:
-                raise StoreCorruptError(str(self.path / WAL_NAME), f"log shorter than a recorded entry (byte {off})")
-            out[i] = np.frombuffer(buf, dtype=self._dtype).reshape(self._num_ws, self._w_dim)
-        return out
-
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------------ writes
     def add(
         self,
         vectors: Any,
@@ -443,16 +387,10 @@ class FaissStore(VectorStore):
         labels: Sequence[str] | None = None,
         names: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Append entries; returns their ids after the log record is fsync'ed."""
-        v = normalize_vectors(vectors, self._dim)
+        """Append entries; durable (committed) before it returns."""
+        v, w, labels, names = self.check_add(vectors, latents, labels, names)
         n = len(v)
-        w = check_latents(latents, n, self._num_ws, self._w_dim)
         w_store = to_latent_dtype(w, self._dtype)
-        labels = check_texts(labels, n, "labels")
-        names = check_texts(names, n, "names")
-        dup = first_duplicate(names)
-        if dup is not None:
-            raise ValueError(f"names: {dup!r} appears twice in one add")
         with self._lock:
             self._check_open(write=True)
             for nm in names:
@@ -460,44 +398,174 @@ class FaissStore(VectorStore):
                     other = int(self._slot_ids.view[self._name_slot[nm]])
                     raise ValueError(f"names: {nm!r} is already in the store (id {other})")
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-            seq = self._seq + 1
-            assert self._wal is not None
-            offset = self._wal.append(walmod.encode_add(seq, ids, v, w_store, labels, names))
+            assert self._db is not None
+            self._db.insert(ids.tolist(), float(self.clock()),
+                            [json.dumps([lb, nm]).encode() for lb, nm in zip(labels, names)], v, w_store,
+                            {"seq": self._seq + 1, "next_id": int(ids[-1]) + 1})
+            self._next_id = int(ids[-1]) + 1
             try:
                 first = self._slot_ids.n
-                self._append_slots(ids, labels, names, walmod.add_latent_offset(offset, n, self._dim))
+                self._slot_ids.extend(ids)
+                self._alive.extend(np.ones(n, bool))
+                self._labels.extend(labels)
+                self._names.extend(names)
                 self._index.add(v, self._alive.view)
                 self._n_alive += n
                 self._alive_version += 1
                 for i, nm in enumerate(names):
                     if nm:
                         self._name_slot[nm] = first + i
-                self._seq = seq
+                self._seq += 1
             except BaseException as exc:
                 self._broken = exc
-                raise StoreError(f"{self.path}: entries were logged but not applied ({exc}); reopen the store") from exc
-            self._maybe_compact()
+                raise StoreError(f"{self.path}: entries were committed but not indexed ({exc}); reopen the store") \
+                    from exc
+            self._maybe_snapshot()
             return ids.copy()
 
     def remove(self, ids: Any) -> None:
-        """Tombstone entries by id; durable before it returns."""
+        """Delete entries by id and erase their bytes from every store file; durable before it returns."""
         with self._lock:
             self._check_open(write=True)
             q = np.unique(check_ids(ids))
             if len(q) == 0:
                 return
             slots = self._lookup(q)
-            seq = self._seq + 1
-            assert self._wal is not None
-            self._wal.append(walmod.encode_remove(seq, q))
+            assert self._db is not None
+            self._db.delete([int(i) for i in q], {"seq": self._seq + 1})
+            self._seq += 1
             self._alive.view[slots] = False
+            self._index.scrub(slots)
             self._n_alive -= len(slots)
             self._alive_version += 1
-            for s in slots:
+            for s in slots.tolist():
                 self._name_slot.pop(self._names[s], None)
-            self._seq = seq
-            self._maybe_compact()
+                self._labels[s] = self._names[s] = ""
+            covered = bool(np.any(slots < self._snap_slots))
+            dead = self._slot_ids.n - self._n_alive
+            if dead > self.purge_fraction * max(1, self._slot_ids.n) and dead > 0:
+                self.compact(purge=True)
+            else:
+                self._erase_from_disk(rewrite_snapshot=covered)
 
+    def expire(self, max_age_s: float, now: float | None = None) -> np.ndarray:
+        """Remove (as :meth:`remove` does) every entry added more than ``max_age_s`` seconds ago; returns their ids."""
+        if not max_age_s or max_age_s <= 0:
+            return np.zeros(0, np.int64)
+        with self._lock:
+            self._check_open(write=True)
+            cutoff = (self.clock() if now is None else now) - float(max_age_s)
+            assert self._db is not None
+            old = self._db.ids_older_than(cutoff)
+            if len(old):
+                self.remove(old)
+            return old
+
+    def created_at(self, ids: Any) -> np.ndarray:
+        """When the given ids were added (seconds since the epoch of the store's clock)."""
+        with self._lock:
+            self._check_open()
+            q = self._slot_ids.view[self._lookup(ids)]
+            assert self._db is not None
+            got = self._db.created_at(q.tolist())
+            return np.asarray([got[int(i)] for i in q], dtype=np.float64)
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it (old page images gone); False when readers block it."""
+        assert self._db is not None
+        try:
+            clean = self._db.checkpoint()
+        except StoreError as exc:  # e.g. a full disk: committed data is safe in the WAL; retried next time
+            LOG.error("%s: WAL checkpoint failed (%s); removed bytes may stay in %s-wal until one succeeds",
+                      self.db_path, exc, DB_NAME)
+            return False
+        if not clean:
+            LOG.warning("%s: a reader blocks the WAL checkpoint; removed bytes stay in %s-wal until the next one",
+                        self.db_path, DB_NAME)
+        return clean
+
+    def _erase_from_disk(self, rewrite_snapshot: bool) -> None:
+        self._checkpoint()
+        if rewrite_snapshot:
+            self._write_snapshot()
+
+    # ------------------------------------------------------------------ snapshot, compaction, rekey
+    def _write_snapshot(self) -> None:
+        """Write the index snapshot (HNSW only; a flat index is rebuilt on open) or delete a stale one."""
+        p = self.path / SNAP_NAME
+        if self._index.kind != "hnsw":
+            p.unlink(missing_ok=True)
+            self._snap_slots = 0
+            return
+        header = {"store_uuid": self._uuid, "seq": self._seq, "key_id": self._codec.key_id,
+                  "slots": self._slot_ids.n, **self._index.state()}
+        write_snapshot(p, self._codec, self._uuid, header, self._slot_ids.view, self._index.to_bytes())
+        self._snap_slots = self._slot_ids.n
+
+    def _maybe_snapshot(self) -> None:
+        """Snapshot when many entries are not in the last one; a failure is logged (SQLite has the data)."""
+        fresh = self._slot_ids.n - self._snap_slots
+        if self._index.kind == "hnsw" and fresh >= max(self.snapshot_min, self._snap_slots // 4):
+            try:
+                self._write_snapshot()
+            except Exception as exc:  # noqa: BLE001 - the triggering add is already durable
+                LOG.error("%s: index snapshot failed: %s", self.path, exc)
+
+    def compact(self, purge: bool | None = None) -> dict[str, Any]:
+        """Snapshot the index and truncate the SQLite WAL; with ``purge`` (or many removed) also drop
+        removed slots from the index and VACUUM the database. Returns a summary."""
+        with self._lock:
+            self._check_open(write=True)
+            n = self._slot_ids.n
+            dead = n - self._n_alive
+            if purge is None:
+                purge = dead > 0 and dead > self.purge_fraction * max(1, n)
+            if purge and dead:
+                keep = np.flatnonzero(self._alive.view)
+                new_index = IdentityIndex(self._dim, self._index.params)
+                alive_new = np.ones(len(keep), bool)
+                for s in range(0, len(keep), 100_000):
+                    new_index.add(self._index.reconstruct(keep[s: s + 100_000]), alive_new)
+                self._slot_ids = _Grow(np.int64, self._slot_ids.view[keep])
+                self._alive = _Grow(np.bool_, alive_new)
+                self._labels = [self._labels[s] for s in keep]
+                self._names = [self._names[s] for s in keep]
+                self._name_slot = {nm: i for i, nm in enumerate(self._names) if nm}
+                self._index = new_index
+                self._alive_version += 1
+            self._write_snapshot()
+            assert self._db is not None
+            vacuumed = False
+            if purge:
+                self._db.vacuum()
+                vacuumed = True
+            clean = self._checkpoint()
+            return {"purged": int(dead) if purge else 0, "slots": self._slot_ids.n, "snapshot": self._snap_slots > 0,
+                    "vacuumed": vacuumed, "wal_truncated": clean}
+
+    def rekey(self, new_key_file: str | os.PathLike | None) -> dict[str, Any]:
+        """Re-seal every row under a new key (None: decrypt) in one transaction; crash-safe.
+
+        The old snapshot is deleted first, so after a crash at any point the store holds either the
+        old key's rows or the new key's rows (SQLite's atomic commit) and a snapshot of neither.
+        """
+        with self._lock:
+            self._check_open(write=True)
+            new = codec_for(new_key_file, self.path)
+            (self.path / SNAP_NAME).unlink(missing_ok=True)
+            fsync_dir(self.path)
+            self._snap_slots = 0
+            assert self._db is not None
+            count = self._db.reseal_all(new)
+            upd = {"encryption": new.scheme, "key_id": new.key_id}
+            old_id = self._codec.key_id
+            self._codec = new
+            self._meta.update(upd)
+            self._checkpoint()
+            self._write_snapshot()
+            return {"old_key_id": old_id, "new_key_id": new.key_id, "encryption": new.scheme, "rows": count}
+
+    # ------------------------------------------------------------------ reads
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine top-k (exact up to ``exact_max`` entries, HNSW above; see store/ann.py)."""
         k = check_k(k)
@@ -513,7 +581,8 @@ class FaissStore(VectorStore):
     def get_latents(self, ids: Any) -> np.ndarray:
         with self._lock:
             self._check_open()
-            return self._read_latents_raw(self._lookup(ids)).astype(np.float32)
+            q = self._slot_ids.view[self._lookup(ids)]
+            return self._read_rows("latents", q, self._dtype, (self._num_ws, self._w_dim)).astype(np.float32)
 
     def get_vectors(self, ids: Any) -> np.ndarray:
         with self._lock:
@@ -541,198 +610,75 @@ class FaissStore(VectorStore):
             self._check_open()
             return self._slot_ids.view[self._alive.view].copy()
 
-    # ------------------------------------------------------------------ compaction
-    def _maybe_compact(self) -> None:
-        """Compact when the log is large; a failure is logged, never lost data (the log still holds it)."""
-        if self._wal is not None and self._wal.size > self.compact_wal_bytes:
-            try:
-                self.compact()
-            except Exception as exc:  # noqa: BLE001 - the triggering add/remove is already durable
-                LOG.error("%s: automatic compaction failed: %s", self.path, exc)
-
-    def compact(self, purge: bool | None = None) -> dict[str, Any]:
-        """Fold the log into the snapshot atomically; purge removed entries when ``purge`` or too many.
-
-        Returns a summary (generation, segments, purged entries, whether the index was saved).
-        """
+    def ids_with_label(self, label: str) -> np.ndarray:
+        """Live ids whose label is ``label`` (erasure of one person)."""
         with self._lock:
-            self._check_open(write=True)
-            n = self._slot_ids.n
-            dead = n - self._n_alive
-            if purge is None:
-                purge = dead > 0 and dead > self.purge_fraction * max(1, n)
-            gen = int(self._manifest["generation"]) + 1
-            wrote: list[str] = []
-            new_index = self._index
-            if purge:
-                keep = np.flatnonzero(self._alive.view)
-                segs = [self._write_segment(gen, keep, 0)] if len(keep) else []
-                new_index = IdentityIndex(self._dim, self._index.params)
-                alive_new = np.ones(len(keep), bool)
-                for s in range(0, len(keep), 100_000):
-                    new_index.add(self._index.reconstruct(keep[s: s + 100_000]), alive_new)
-                slots_total = len(keep)
-            else:
-                segs = [s.rec for s in self._segments]
-                if len(segs) + (n > self._wal_first) > self.max_segments:
-                    segs = [self._write_segment(gen, np.arange(n), 0)]
-                elif n > self._wal_first:
-                    segs.append(self._write_segment(gen, np.arange(self._wal_first, n), self._wal_first))
-                slots_total = n
-            wrote += [f["name"] for s in segs for f in s["files"].values()]
-            alive_after = np.ones(slots_total, bool) if purge else self._alive.view
-            dead_ids = self._slot_ids.view[~alive_after] if not purge else np.zeros(0, np.int64)
-            tomb = None
-            if len(dead_ids):
-                tomb = atomic_write(self.path / f"tomb-g{gen:06d}.i64",
-                                    [np.ascontiguousarray(dead_ids, "<i8").tobytes()])
-                tomb["count"] = len(dead_ids)
-            irec = self._manifest.get("index")
-            saved = False
-            if new_index.kind == "hnsw" and (purge or not irec or int(irec["slots"]) < 0.9 * slots_total
-                                             or int(irec.get("ef_search", 0)) != new_index.ef_search):
-                irec = new_index.save(self.path / f"index-g{gen:06d}.faiss")
-                saved = True
-            elif new_index.kind != "hnsw":
-                irec = None
-            m = dict(self._manifest)
-            m.update(generation=gen, seq=self._seq, next_id=self._next_id, slots=slots_total, segments=segs,
-                     tombstones=tomb, index=irec, index_params=new_index.params.to_dict(), updated=_now())
-            atomic_write_json(self.path / MANIFEST, m)          # commit point
-            try:
-                walmod.create_wal(self.path / WAL_NAME, self._uuid, self._seq)
-                self._switch_to(m, purge, new_index)
-            except BaseException as exc:  # snapshot committed, memory not switched: only a reopen is safe
-                self._broken = exc
-                raise StoreError(f"{self.path}: compaction committed but could not switch over ({exc}); "
-                                 "reopen the store") from exc
-            self._remove_orphans()
-            return {"generation": gen, "segments": len(segs), "purged": int(dead) if purge else 0,
-                    "index_saved": saved, "slots": slots_total}
-
-    def _write_segment(self, gen: int, slots: np.ndarray, first: int) -> dict[str, Any]:
-        stem = f"seg-g{gen:06d}-s{first:010d}"
-        step = 4096
-        ext = "f32" if self._dtype.itemsize == 4 else "f16"
-        files = {
-            "ids": atomic_write(self.path / f"{stem}.ids.i64",
-                                [np.ascontiguousarray(self._slot_ids.view[slots], "<i8").tobytes()]),
-            "vectors": atomic_write(self.path / f"{stem}.vectors.f32",
-                                    (memoryview(self._index.reconstruct(slots[s: s + step])).cast("B")
-                                     for s in range(0, len(slots), step))),
-            "latents": atomic_write(self.path / f"{stem}.latents.{ext}",
-                                    (c for s in range(0, len(slots), step)
-                                     for c in array_chunks(self._read_latents_raw(slots[s: s + step])))),
-            "meta": atomic_write_json(self.path / f"{stem}.meta.json",
-                                      [[self._labels[s], self._names[s]] for s in slots]),
-        }
-        return {"first_slot": int(first), "count": len(slots), "files": files}
-
-    def _switch_to(self, m: dict[str, Any], purged: bool, new_index: IdentityIndex) -> None:
-        """Point the in-memory state at the snapshot just committed and the fresh log."""
-        if purged:
-            keep = np.flatnonzero(self._alive.view)
-            self._slot_ids = _Grow(np.int64, self._slot_ids.view[keep])
-            self._alive = _Grow(np.bool_, np.ones(len(keep), bool))
-            self._labels = [self._labels[s] for s in keep]
-            self._names = [self._names[s] for s in keep]
-            self._name_slot = {nm: i for i, nm in enumerate(self._names) if nm}
-            self._index = new_index
-            self._alive_version += 1
-        self._manifest = m
-        self._segments = [self._open_segment(s, False) for s in m["segments"]]
-        self._seg_starts = [s.first for s in self._segments]
-        self._wal_first = self._slot_ids.n
-        self._wal_off = _Grow(np.int64)
-        if self._wal is not None:
-            self._wal.close()
-        os.close(self._wal_rfd)
-        wal_path = self.path / WAL_NAME
-        self._wal_rfd = os.open(wal_path, os.O_RDONLY)
-        self._wal = walmod.WalWriter(wal_path, walmod.FILE_HEADER_SIZE)
-
-    def _remove_orphans(self) -> None:
-        """Delete snapshot files of older generations (and temp files) the manifest does not name."""
-        keep = {f["name"] for s in self._manifest["segments"] for f in s["files"].values()}
-        for key in ("tombstones", "index"):
-            if self._manifest.get(key):
-                keep.add(self._manifest[key]["name"])
-        for p in self.path.iterdir():
-            if p.name in keep:
-                continue
-            if p.name.startswith(_OWN_PREFIXES) or p.name.endswith(".tmp"):
-                try:
-                    p.unlink()
-                except OSError as exc:  # not fatal: the file is unreferenced
-                    LOG.warning("could not delete old store file %s: %s", p, exc)
+            self._check_open()
+            return np.asarray([int(self._slot_ids.view[s]) for s, lb in enumerate(self._labels)
+                               if lb == label and self._alive.view[s]], dtype=np.int64)
 
     # ------------------------------------------------------------------ reports
+    def _file_sizes(self) -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             self._check_open()
-            m = self._manifest
+            m = self._meta
             return {
                 "backend": "faiss", "path": str(self.path), "size": self._n_alive, "slots": self._slot_ids.n,
                 "removed_pending_purge": self._slot_ids.n - self._n_alive, "dim": self._dim,
                 "num_ws": self._num_ws, "w_dim": self._w_dim, "latent_dtype": m["latent_dtype"],
                 "index": self._index.describe(), "version": self.version, "built_with": self.built_with,
-                "store_uuid": self._uuid, "created": m["created"], "generation": m["generation"],
-                "segments": len(self._segments), "wal_bytes": self._wal.size if self._wal else None,
-                "wal_entries": self._slot_ids.n - self._wal_first, "read_only": self.read_only,
+                "store_uuid": self._uuid, "created": m["created"], "encryption": self._codec.scheme,
+                "key_id": self._codec.key_id, "snapshot_slots": self._snap_slots,
+                "unsnapshotted": self._slot_ids.n - self._snap_slots if self._index.kind == "hnsw" else 0,
+                "files": self._file_sizes(), "read_only": self.read_only,
             }
 
     def verify(self) -> dict[str, Any]:
-        """Re-hash every snapshot file, re-check every log record, and cross-check the counts."""
+        """SQLite integrity check, every row's tag/digest, table agreement and the snapshot."""
         with self._lock:
             self._check_open()
-            m = self._manifest
             errors: list[str] = []
             files: dict[str, str] = {}
-            recs = [(f, f"segment {k}") for s in m["segments"] for k, f in s["files"].items()]
-            recs += [(m[k], k) for k in ("tombstones", "index") if m.get(k)]
-            for rec, what in recs:
-                try:
-                    check_file(self.path, rec, what, True)
-                    files[rec["name"]] = "ok"
-                except StoreCorruptError as exc:
-                    files[rec["name"]] = exc.reason
-                    errors.append(str(exc))
-            wal_info: dict[str, Any] = {}
+            assert self._db is not None
             try:
-                scan = walmod.scan_wal(self.path / WAL_NAME, self._dim, self._row_bytes)
-                live = [r for r in scan.records if r.seq > int(m["seq"])]
-                wal_info = {"records": len(live), "bytes": scan.size, "torn_tail_bytes": scan.torn_bytes}
-                logged = sum(len(r.ids) for r in live if r.kind == walmod.ADD)
-                if not self.read_only and logged != self._slot_ids.n - self._wal_first:
-                    errors.append(f"{self.path / WAL_NAME}: log holds {logged} entries, store has "
-                                  f"{self._slot_ids.n - self._wal_first} since the snapshot")
-                if scan.torn_bytes and not self.read_only:
-                    errors.append(f"{self.path / WAL_NAME}: {scan.torn_bytes} unexpected bytes after the last record")
+                res = self._db.integrity()
+                if res != ["ok"]:
+                    raise StoreCorruptError(str(self.db_path), "; ".join(res[:5]))
+                with self._db.read_snapshot():
+                    live = self._db.entries()[0]
+                    self._check_rows(live)
+                if not self.read_only and not np.array_equal(live, self._slot_ids.view[self._alive.view]):
+                    errors.append(f"{self.db_path}: entries differ from the entries in memory")
+                files[DB_NAME] = "ok"
             except StoreCorruptError as exc:
+                files[DB_NAME] = exc.reason
                 errors.append(str(exc))
+            snap = self.path / SNAP_NAME
+            if snap.exists():
+                try:
+                    header, _, _ = read_snapshot(snap, self._codec, self._uuid)
+                    if header.get("store_uuid") != self._uuid or header.get("key_id") != self._codec.key_id:
+                        raise ValueError("written for another store or key")
+                    files[SNAP_NAME] = "ok"
+                except (SealError, ValueError, KeyError, OSError) as exc:
+                    files[SNAP_NAME] = str(exc)
+                    errors.append(f"{snap}: {exc} (derived data: `latent-rag store compact` rewrites it)")
             if self._index.ntotal != self._slot_ids.n:
                 errors.append(f"index holds {self._index.ntotal} vectors for {self._slot_ids.n} slots")
-            ids = self._slot_ids.view
-            if len(ids) > 1 and np.any(np.diff(ids) <= 0):
-                errors.append("store ids are not strictly increasing")
             return {"ok": not errors, "path": str(self.path), "size": self._n_alive, "version": self.version,
-                    "files": files, "wal": wal_info, "errors": errors}
-
-    def _release_files(self) -> None:
-        if self._wal is not None:
-            self._wal.close()
-            self._wal = None
-        if self._wal_rfd >= 0:
-            os.close(self._wal_rfd)
-            self._wal_rfd = -1
-        self._segments = []
+                    "files": files, "errors": errors}
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._release_files()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = -1
@@ -756,4 +702,3 @@ def _lock(root: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-

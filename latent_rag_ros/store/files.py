@@ -1,4 +1,4 @@
-"""Crash-safe file primitives for the store directory: atomic writes, fsync, checksums.
+"""Crash-safe file primitives for the store directory (the index snapshot): atomic writes, fsync.
 
 A file is published only by ``rename`` after its bytes were fsync'ed, and the directory is
 fsync'ed after the rename, so after a crash a name refers either to the old complete file or to
@@ -8,15 +8,10 @@ the new complete file, never to a torn one.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-
-from latent_rag_ros.store.base import StoreCorruptError
 
 _CHUNK = 8 << 20
 
@@ -62,62 +57,3 @@ def atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> dict[str, 
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return {"name": path.name, "sha256": h.hexdigest(), "bytes": size}
-
-
-def array_chunks(arr: np.ndarray, rows_per_chunk: int | None = None) -> Iterable[memoryview]:
-    """Yield a C-contiguous array's bytes in pieces of about 8 MiB (memmaps are never copied whole)."""
-    if arr.size == 0:
-        return
-    flat_rows = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
-    row_bytes = max(1, flat_rows.shape[1] * arr.itemsize)
-    step = rows_per_chunk or max(1, _CHUNK // row_bytes)
-    for s in range(0, arr.shape[0], step):
-        yield memoryview(np.ascontiguousarray(flat_rows[s: s + step])).cast("B")
-
-
-def atomic_write_json(path: Path, obj: Any) -> dict[str, Any]:
-    """Atomically write ``obj`` as UTF-8 JSON."""
-    data = json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    return atomic_write(path, [data])
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a whole file, read in 8 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(_CHUNK)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def check_file(directory: Path, rec: dict[str, Any], what: str, full: bool = True) -> Path:
-    """Verify a snapshot file against its manifest record (size, and sha256 when ``full``).
-
-    Raises StoreCorruptError naming the file when it is missing, truncated or altered.
-    """
-    path = directory / rec["name"]
-    if not path.is_file():
-        raise StoreCorruptError(str(path), f"{what} file is missing (listed in manifest.json)")
-    size = path.stat().st_size
-    if size != int(rec["bytes"]):
-        raise StoreCorruptError(str(path), f"{what} file has {size} bytes, manifest.json records {rec['bytes']} "
-                                "(truncated or overwritten)")
-    if full:
-        digest = sha256_file(path)
-        if digest != rec["sha256"]:
-            raise StoreCorruptError(str(path), f"{what} file fails its sha256 checksum "
-                                    f"({digest[:12]}... != {rec['sha256'][:12]}...)")
-    return path
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file; a missing or malformed file raises StoreCorruptError naming it."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise StoreCorruptError(str(path), f"{what} is missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreCorruptError(str(path), f"{what} is not valid JSON ({exc})") from None

@@ -42,9 +42,6 @@ from latent_rag_ros.store.base import (
     check_dims,
     check_ids,
     check_k,
-    check_latents,
-    check_texts,
-    first_duplicate,
     normalize_vectors,
     to_latent_dtype,
 )
@@ -279,14 +276,9 @@ class MilvusStore(VectorStore):
         names: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Insert entries (ids reserved in the manifest first); flushed before return on Milvus Lite."""
-        v = normalize_vectors(vectors, self._dim)
+        v, w32, labels, names = self.check_add(vectors, latents, labels, names)
         n = len(v)
-        w = to_latent_dtype(check_latents(latents, n, self._num_ws, self._w_dim), self._dtype)
-        labels = check_texts(labels, n, "labels")
-        names = check_texts(names, n, "names")
-        dup = first_duplicate(names)
-        if dup is not None:
-            raise ValueError(f"names: {dup!r} appears twice in one add")
+        w = to_latent_dtype(w32, self._dtype)
         with self._lock:
             self._check_open()
             if any(names):
