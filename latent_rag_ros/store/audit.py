@@ -49,7 +49,7 @@ def record_hash(prev: str, rec: dict[str, Any]) -> str:
 
 
 def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat(timespec="milliseconds")
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
@@ -123,7 +123,7 @@ def parse_since(text: str, now: float | None = None) -> float:
         raise ValueError(f"--since {text!r}: expected an ISO time (2026-11-29T22:00) or a duration (15m, 2h, 7d)") \
             from None
     if d.tzinfo is None:
-        d = d.replace(tzinfo=_dt.UTC)
+        d = d.replace(tzinfo=_dt.timezone.utc)
     return d.timestamp()
 
 
