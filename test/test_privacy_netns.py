@@ -53,7 +53,8 @@ PARAMS = {
     "models": {"generator": "random", "latent_encoder": "random"},
     "protector": {"m": 2, "steps": 1, "batch_size": 2, "device": "cpu"},
     "detector": {"max_crops": 1},
-    "ros": {"service_timeout_s": 10.0, "status_period_s": 0.5},
+    # the camera driver below publishes where the packaged config points the detector
+    "ros": {"service_timeout_s": 10.0, "status_period_s": 0.5, "camera_topic": "/camera/image_raw"},
 }
 
 

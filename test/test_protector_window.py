@@ -14,7 +14,7 @@ import pytest
 import torch
 from sensor_msgs.msg import RegionOfInterest
 
-from latent_rag_ros.config import load_config
+from latent_rag_ros.config import load_config, ros_name
 from latent_rag_ros.models.factory import build_models, store_identity
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
@@ -47,17 +47,26 @@ def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
     probe = Probe("window_probe")
     try:
         graph.start(["store_node", "protector_node"], str(cfg_file))
-        out = probe.collect(ProtectedCrop, cfg.ros.protected_topic)
-        pub = probe.node.create_publisher(PersonCrops, cfg.ros.crops_topic, 10)
+        out = probe.collect(ProtectedCrop, ros_name(cfg.ros.protected_topic))
+        pub = probe.node.create_publisher(PersonCrops, ros_name(cfg.ros.crops_topic), 10)
         wait_for(lambda: pub.get_subscription_count() > 0, 120, "protector subscription")
-        for track in (1, 2, 3):   # three frames of one crop each, well inside one window
-            msg = PersonCrops()
-            crop = frame[100 + 10 * track:228 + 10 * track, 200:264]
-            box = RegionOfInterest(x_offset=200, y_offset=100 + 10 * track, width=64, height=128)
-            msg.crops = [PersonCrop(image=bgr_to_image(crop), box=box, track_id=track)]
-            pub.publish(msg)
-        wait_for(lambda: len(out) >= 3 or graph.failed(), 120, "three protected crops")
+        # Three frames of one crop each, well inside one window. A round whose crops were dropped (the
+        # store client not yet matched on a loaded machine: counted, nothing published) is sent again.
+        for _ in range(3):
+            before = len(out)
+            for track in (1, 2, 3):
+                msg = PersonCrops()
+                crop = frame[100 + 10 * track:228 + 10 * track, 200:264]
+                box = RegionOfInterest(x_offset=200, y_offset=100 + 10 * track, width=64, height=128)
+                msg.crops = [PersonCrop(image=bgr_to_image(crop), box=box, track_id=track)]
+                pub.publish(msg)
+            try:
+                wait_for(lambda b=before: len(out) >= b + 3 or graph.failed(), 60, "three protected crops")
+                break
+            except AssertionError:
+                continue
         assert not graph.failed(), f"a node died: {graph.failed()}"
+        out = list(out)[-3:]
     finally:
         t0 = time.monotonic()
         codes = graph.stop(timeout=60.0)
