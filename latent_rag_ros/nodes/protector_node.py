@@ -212,6 +212,8 @@ class ProtectorNode(Node):
         if len(keep) < len(responses):
             self.status.count("crops_dropped_store", len(responses) - len(keep))
         if not keep:
+            if self.status.flags.get("store_reachable") != "False":
+                self.status.count("store_outages")   # monotone: a short outage stays visible after it ends
             self.status.set(DiagnosticStatus.ERROR, "trusted store unreachable or refusing: nothing published",
                             store_reachable=False)
             return
