@@ -78,6 +78,9 @@ def _eval(args: argparse.Namespace) -> int:
                       max_attack=args.attack_max, store_path=args.store or None,
                       baseline_params=_baseline_params(args),
                       ablation=args.ablation, ablation_queries=args.ablation_queries,
+                      comparisons=_comparisons(args.comparisons),
+                      comparison_params={n: {"iters": args.comparison_iters} for n in _comparisons(args.comparisons)}
+                      if args.comparison_iters else None,
                       log=lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True))  # plan even if --quiet
     summary = {
         "report": f"{args.out}/report.md",
@@ -95,6 +98,17 @@ def _eval(args: argparse.Namespace) -> int:
     if report.get("random_weights"):
         print(f"WARNING: random-weight models: {', '.join(report['random_weights'])}", file=sys.stderr)
     return 0
+
+
+def _comparisons(text: str) -> list[str]:
+    """``"pixelfade,avih"`` -> the listed comparison methods (``none``/empty: none), validated."""
+    from latent_rag_ros.eval.comparisons import COMPARISONS
+
+    names = [n.strip() for n in (text or "").split(",") if n.strip() and n.strip() != "none"]
+    bad = [n for n in names if n not in COMPARISONS]
+    if bad:
+        raise ValueError(f"--comparisons: unknown {bad}; choose from {', '.join(COMPARISONS)} (or none)")
+    return names
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
@@ -158,6 +172,10 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
                    help="Table IV: w/o retrieval, w/o inverse attention, w/o L_id, w/o L_div (offline, needs a store)")
     p.add_argument("--ablation-queries", type=int, default=None, metavar="N",
                    help="run the ablations on the first N queries only (default: all)")
+    p.add_argument("--comparisons", default="pixelfade,avih", metavar="NAMES",
+                   help="PixelFade / AVIH comparison methods under the primary re-ID model (none: skip)")
+    p.add_argument("--comparison-iters", type=int, default=0, metavar="N",
+                   help="iterations of each comparison method (default: the papers' 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 

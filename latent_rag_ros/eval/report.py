@@ -18,7 +18,8 @@ import numpy as np
 ABLATION_TITLES = {"full": "Latent-RAG (full)", "no_retrieval": "w/o retrieval (start from E(I))",
                    "no_inverse_attention": "w/o inverse attention (plain mean)", "no_id_loss": "w/o L_id",
                    "no_div_loss": "w/o L_div"}
-METHOD_TITLES = {"none": "–", "blur": "Gaussian Blur", "mosaic": "Mosaic", "latent_rag": "Latent-RAG (ours)"}
+METHOD_TITLES = {"none": "–", "blur": "Gaussian Blur", "mosaic": "Mosaic", "pixelfade": "PixelFade",
+                 "avih": "AVIH (no key model)", "latent_rag": "Latent-RAG (ours)"}
 
 
 def sha256_of(path: str | Path) -> str:

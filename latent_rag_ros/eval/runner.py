@@ -247,13 +247,17 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
              store_path: str | Path | None = None, baselines: Sequence[str] = BASELINES,
              baseline_params: dict[str, dict[str, Any]] | None = None,
              grid_columns: int = 6, log: Callable[[str], None] | None = None,
-             ablation: bool = False, ablation_queries: int | None = None, table_v: bool = True) -> dict[str, Any]:
+             ablation: bool = False, ablation_queries: int | None = None, table_v: bool = True,
+             comparisons: Sequence[str] = (), comparison_params: dict[str, dict[str, Any]] | None = None,
+             ) -> dict[str, Any]:
     """Run the whole evaluation and write ``report.json``, ``report.md``, ``grid.png`` and sweep plots.
 
     ``cfg``: a Config, or a config file path / None (then ``overrides`` apply). ``reid_names``: extra
     backbones ``kind[:path]`` judged on the same protected queries (Table II). ``sweeps``: e.g.
     ``["m=1,5,10,20", "T=0,5,10,20"]``. ``ablation``: Table IV on the first ``ablation_queries``
     queries (all when None); ``table_v``: parameters, FLOPs and time per stage on one crop.
+    ``comparisons``: PixelFade / AVIH (:mod:`latent_rag_ros.eval.comparisons`) under the primary backbone,
+    with ``comparison_params[name]`` overriding their solver settings (e.g. ``{"iters": 30}``).
     Returns the report dict (floats, inf where infinite).
     """
     from latent_rag_ros.core.protector import Protector, resolve_device
@@ -357,6 +361,18 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         protected_sets[name] = apply_baseline(name, data.query, **bparams.get(name, {}))
         attack_sets[name] = (apply_baseline(name, data.attack, **bparams.get(name, {})) if name != "none"
                              else list(data.attack))
+    cparams = comparison_params or {}
+    for name in comparisons:
+        from latent_rag_ros.eval.comparisons import apply_comparison
+
+        t = time.perf_counter()
+        n_att = len(data.attack) if rcfg.steps > 0 else 0
+        say(f"{name}: protecting {len(data.query)} queries and {n_att} attacker crops under {primary_name} "
+            f"({cparams.get(name, {}) or 'paper settings'})")
+        protected_sets[name] = apply_comparison(name, models.reid, data.query, cparams.get(name), progress)
+        attack_sets[name] = apply_comparison(name, models.reid, data.attack, cparams.get(name), progress) \
+            if n_att else []
+        wall[f"protect_{name}"] = time.perf_counter() - t
     recovered: dict[str, list[np.ndarray]] = {}
     for name, prot in protected_sets.items():
         say(f"metrics: {name}")
@@ -474,6 +490,7 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
         "ablation": ablation_rows,
         "stage_costs": cost_rows,
         "baseline_params": {n: bparams.get(n, {}) for n in baselines},
+        "comparison_params": {n: _comparison_settings(n, cparams.get(n)) for n in comparisons},
         "json_conventions": "non-finite floats are strings 'inf'/'-inf'; NaN and unavailable values are null",
     }
     figs: dict[str, str] = {}
@@ -499,6 +516,16 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     write_markdown(report, out / "report.md")
     say(f"report: {out / 'report.md'}")
     return report
+
+
+def _comparison_settings(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The full solver settings a comparison method ran with (its config defaults plus ``params``)."""
+    import dataclasses as dc
+
+    from latent_rag_ros.eval.comparisons import AVIHConfig, PixelFadeConfig
+
+    cls = PixelFadeConfig if name == "pixelfade" else AVIHConfig
+    return dc.asdict(cls(**(params or {})))
 
 
 def finite_or_none(v: Any) -> float | None:
