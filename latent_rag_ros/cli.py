@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-frames", type=int, default=60, help="query frames replayed through the graph")
     p.add_argument("--recovery-steps", type=int, default=300, help="recovery attacker training steps")
     p.add_argument("--ablation-queries", type=int, default=8, help="queries of the Table IV ablations (0: none)")
+    p.add_argument("--comparison-iters", type=int, default=30,
+                   help="PixelFade/AVIH iterations in the demo (papers: 100; 0: skip them)")
     p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks (not tests)")

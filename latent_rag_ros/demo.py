@@ -27,6 +27,15 @@ QUERY_START = 500                      # the rest: what the robot sees later
 # (docs/NOTES.md) chose these: SSIM 0.28, and protected embeddings that match their own person
 # better than the other people in the frame in 76% of queries (paper defaults: 52%).
 DEMO_PROTECTOR = {"protector.steps": 20, "protector.coarse_step": 0.005, "protector.fine_step": 0.1}
+# The demo's re-ID model (retrieval, L_id, evaluation): the DeepSORT MobileNetV2 fine-tuned on the tracked
+# people of vtest.avi frames 0-479 by `latent-rag train reid` (data/demo/REID_MODEL_CARD.md); the untrained
+# DeepSORT MobileNetV2 (ImageNet features, the package default) is evaluated beside it as a transfer backbone.
+DEMO_REID_WEIGHTS = Path(__file__).resolve().parent / "data" / "demo" / "reid_mobilenetv2.pt"
+DEMO_REID = {"models.reid": "deepsort_mobilenetv2", "models.reid_path": str(DEMO_REID_WEIGHTS),
+             "models.reid_input_height": 128, "models.reid_input_width": 64}
+TRANSFER_BACKBONE = "deepsort_mobilenetv2"
+# PixelFade / AVIH iterations in the demo (their papers: 100); `--comparison-iters` changes it.
+DEMO_COMPARISON_ITERS = 30
 
 
 def _say(msg: str) -> None:
@@ -54,7 +63,10 @@ def run_demo(args: argparse.Namespace) -> int:
     store_dir = out / "store"
     from latent_rag_ros.config import load_config, ros_name
 
-    settings = {**DEMO_PROTECTOR, **_set_overrides(args)}
+    if not DEMO_REID_WEIGHTS.is_file():
+        _say(f"{DEMO_REID_WEIGHTS} is missing (the package was installed without its data files); reinstall it")
+        return 2
+    settings = {**DEMO_PROTECTOR, **DEMO_REID, **_set_overrides(args)}
     cfg = load_config(args.config or _default_cfg(), {**settings, "store.path": str(store_dir),
                                                       "protector.device": "cpu"})
     models = build_models(cfg, "cpu", with_encoder=True)
@@ -128,9 +140,13 @@ def run_demo(args: argparse.Namespace) -> int:
     # A small U-Net attacker (16 base channels, batch 8, 128x64) so three attacks fit a CPU demo.
     attack = RecoveryConfig(steps=args.recovery_steps, channels=16, batch_size=8)
     n_ab = int(getattr(args, "ablation_queries", 8))
+    iters = int(getattr(args, "comparison_iters", DEMO_COMPARISON_ITERS))
+    comparisons = ("pixelfade", "avih") if iters > 0 else ()
     report = run_eval(cfg, str(in_bag), out / "report", models=models, protected_bag=str(out / "protected_bag"),
                       recovery_steps=args.recovery_steps, recovery=attack, progress=True,
-                      store_path=str(store_dir), ablation=n_ab > 0, ablation_queries=n_ab or None)
+                      store_path=str(store_dir), ablation=n_ab > 0, ablation_queries=n_ab or None,
+                      reid_names=TRANSFER_BACKBONE, comparisons=comparisons,
+                      comparison_params={n: {"iters": iters} for n in comparisons})
     _summary(report, out, rstats, models.random_weights, time.monotonic() - t_start)
     return 0
 
@@ -166,7 +182,7 @@ def _summary(report: dict, out: Path, rstats: dict, random_weights: list[str], s
         "Rank-1 / mAP (identities from tracks, published images): " + ", ".join(
             f"{n} {get(p + 'utility.rank1')} / {get(p + 'utility.mAP')}" for n, p in (
                 ("latent-rag", ""), ("blur", "baselines.blur."), ("mosaic", "baselines.mosaic."),
-                ("none", "baselines.none."))),
+                ("pixelfade", "baselines.pixelfade."), ("avih", "baselines.avih."), ("none", "baselines.none."))),
         f"report: {out / 'report' / 'report.md'} (json: report.json, figure: grid.png)",
         f"took {seconds:.0f} s",
     ]

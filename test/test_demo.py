@@ -21,7 +21,8 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-m", "latent_rag_ros.cli", "demo", "--out", str(out),
-                           "--query-frames", "6", "--recovery-steps", "2", "--ablation-queries", "1"],
+                           "--query-frames", "6", "--recovery-steps", "2", "--ablation-queries", "1",
+                           "--comparison-iters", "2"],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[demo]")]
@@ -40,3 +41,7 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     assert any(r["stage"].startswith("generate") and r["flops"] > 0 for r in report["stage_costs"])
     md = (out / "report" / "report.md").read_text()
     assert "Table IV" in md and "Table V" in md
+    # issue 16 items 3-4: PixelFade and AVIH rows; the trained demo re-ID model plus the DeepSORT transfer backbone
+    for name in ("pixelfade", "avih"):
+        assert 0.0 <= report["baselines"][name]["privacy"]["ssim_mean"] < 1.0
+    assert len(u["backbones"]) == 2 and "deepsort_mobilenetv2" in u["backbones"]   # trained model + ImageNet one

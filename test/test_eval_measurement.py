@@ -48,19 +48,19 @@ def recorded(tmp_path_factory: pytest.TempPathFactory):
 
 def test_published_image_is_measured_and_privacy_matches_the_bag(recorded, monkeypatch) -> None:
     from latent_rag_ros.datasets import crop
-    from latent_rag_ros.eval import bags, runner
+    from latent_rag_ros.eval import bags, measure, runner
     from latent_rag_ros.eval.metrics import image_similarity
     from latent_rag_ros.eval.recovery import RecoveryConfig
 
     tmp, cfg, models = recorded
     seen: list[int] = []
-    real = runner.embed_crops
+    real = measure.embed_crops
 
     def spy(net, crops, *a, **k):  # every embedding of the evaluation passes here
         seen.append(len(crops))
         return real(net, crops, *a, **k)
 
-    monkeypatch.setattr(runner, "embed_crops", spy)
+    monkeypatch.setattr(measure, "embed_crops", spy)
     rep = runner.run_eval(cfg, str(tmp / "cam"), tmp / "out", models=models, protected_bag=str(tmp / "prot"),
                           recovery_steps=0, progress=False, recovery=RecoveryConfig(height=32, width=16, channels=8))
     n_q = rep["source"]["n_query"]
@@ -102,15 +102,15 @@ def test_published_is_a_lossless_uint8_round_trip() -> None:
 def test_comparison_methods_share_the_measurement_path(recorded, monkeypatch) -> None:
     """PixelFade and AVIH rows carry the baselines' report keys and are measured through embed_published."""
     from latent_rag_ros.datasets import crop
-    from latent_rag_ros.eval import bags, runner
+    from latent_rag_ros.eval import bags, measure, runner
     from latent_rag_ros.eval.comparisons import apply_comparison
     from latent_rag_ros.eval.metrics import embedding_cosine, image_similarity
     from latent_rag_ros.eval.recovery import RecoveryConfig
 
     tmp, cfg, models = recorded
     calls: list[int] = []
-    real = runner.embed_published
-    monkeypatch.setattr(runner, "embed_published", lambda net, imgs, *a, **k: calls.append(len(imgs)) or real(
+    real = measure.embed_published
+    monkeypatch.setattr(measure, "embed_published", lambda net, imgs, *a, **k: calls.append(len(imgs)) or real(
         net, imgs, *a, **k))
     params = {"pixelfade": {"iters": 3}, "avih": {"iters": 3}}
     rep = runner.run_eval(cfg, str(tmp / "cam"), tmp / "cmp", models=models, protected_bag=str(tmp / "prot"),

@@ -2,13 +2,17 @@
 
 Sixteen crops of the five hand-verified vtest tracks (``fixtures/vtest_tracks.json``: boxes cut
 straight from the video, no detector) are protected with fixed seeds by the real Protector, the
-committed demo generator and encoder and the DeepSORT MobileNetV2, against a trusted store built
-from people of frames 0-199. Every figure is computed on the published image (``embed_published``).
+committed demo generator and encoder and the demo re-ID model (``demo.DEMO_REID``: the DeepSORT
+MobileNetV2 fine-tuned on vtest frames 0-479, 128x64 input), against a trusted store built from
+people of frames 0-199. Every figure is computed on the published image (``embed_published``).
 
-Recorded on the 2-core CPU of this project (issue 16) with the demo protector settings:
-``RECORDED`` (SSIM 0.239, own match 11/16, Rank-1 8/16). Tolerances: a protection that lets more
-of the original through (SSIM up by more than ``SSIM_TOL``) fails; utility may not drop by more
-than ``UTIL_TOL`` (own match, Rank-1).
+Recorded on the 2-core CPU of this project (issue 16, fourth session) with the demo protector
+settings: ``RECORDED`` (SSIM 0.244, own match 12/16, Rank-1 9/16). They changed from the first
+recording (SSIM 0.239, own match 11/16, Rank-1 8/16) because the demo's re-ID model changed from the
+ImageNet MobileNetV2 at 256x128 to the fine-tuned one at 128x64: it drives retrieval, L_id and the
+measurement, so every figure moves. Tolerances: a protection that lets more of the original through
+(SSIM up by more than ``SSIM_TOL``) fails; utility may not drop by more than ``UTIL_TOL`` (own
+match, Rank-1: two of 16 queries).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pytest
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 FIXTURE = Path(__file__).parent / "fixtures" / "vtest_tracks.json"
-RECORDED = {"ssim_mean": 0.2394, "own_match_rate": 0.6875, "rank1": 0.5}
+RECORDED = {"ssim_mean": 0.2441, "own_match_rate": 0.75, "rank1": 0.5625}
 SSIM_TOL = 0.03
 UTIL_TOL = 0.13   # two of 16 queries
 
@@ -53,7 +57,7 @@ def test_demo_protection_regression(tmp_path: Path) -> None:
     from latent_rag_ros.config import load_config
     from latent_rag_ros.core.protector import Protector
     from latent_rag_ros.datasets import Sample, read_video_frames
-    from latent_rag_ros.demo import DEMO_PROTECTOR
+    from latent_rag_ros.demo import DEMO_PROTECTOR, DEMO_REID
     from latent_rag_ros.eval.metrics import cosine_distmat, different_people, evaluate_rank, image_similarity
     from latent_rag_ros.eval.runner import embed_published, published
     from latent_rag_ros.models.factory import build_detector, build_models, store_identity
@@ -64,7 +68,7 @@ def test_demo_protection_regression(tmp_path: Path) -> None:
     if not VTEST.is_file():
         pytest.skip("vtest.avi (Debian opencv-doc) is not installed")
     torch.manual_seed(0)
-    cfg = load_config(None, {**DEMO_PROTECTOR, "models.generator": "demo", "models.latent_encoder": "demo",
+    cfg = load_config(None, {**DEMO_PROTECTOR, **DEMO_REID, "models.generator": "demo", "models.latent_encoder": "demo",
                              "protector.device": "cpu", "protector.seed": 0})
     models = build_models(cfg, "cpu", with_encoder=True)
     assert not models.random_weights, "the committed demo models must load"

@@ -115,7 +115,7 @@ def test_eval_cli_full_report(market: Path, tmp_path: Path) -> None:
     argv = ["eval", "--data", str(market), "--out", str(out), "--recovery-steps", "6", "--recovery-size", "32x16",
             "--recovery-channels", "8", "--recovery-batch", "8", "--attack-max", "6", "--quiet",
             "--reid", f"deepsort_mobilenetv2:{weights_copy}", "--sweep", "m=1,2", "--sweep", "T=0,1",
-            "--mosaic-block", "16", "--blur", "31,10"]
+            "--mosaic-block", "16", "--blur", "31,10", "--comparison-iters", "2"]
     for s in SMALL:
         argv += ["--set", s]
     assert _cli(argv) == 0

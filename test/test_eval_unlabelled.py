@@ -34,7 +34,7 @@ def test_unlabelled_bag_builds_its_store_and_reports_rank(tmp_path: Path, capsys
     _bag(tmp_path / "bag", 16)
     sets = [x for s in SMALL for x in ("--set", s)]
     rc = _run(["eval", "--bag", str(tmp_path / "bag"), "--out", str(tmp_path / "out"), "--recovery-steps", "2",
-               "--recovery-size", "32x16", "--quiet", *sets])
+               "--recovery-size", "32x16", "--comparison-iters", "2", "--quiet", *sets])
     err = capsys.readouterr().err
     assert rc == 0, err[-2000:]
     assert "[eval] plan:" in err                      # the plan and estimate, even with --quiet
