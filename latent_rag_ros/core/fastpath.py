@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from latent_rag_ros.core.generation import (
     GenerationTrace,
     StepOptions,
-    check_schedule,
-    effective_momentum,
     layer_masks,
     render,
     sign_step,
+    start_loop,
 )
 
 LOG = logging.getLogger(__name__)
@@ -193,15 +192,9 @@ def fast_generation(
 
     ``timings`` (optional) receives ``render``: the milliseconds of the final no-grad evaluation.
     """
-    opts = opts or StepOptions()
-    check_schedule(opts)
-    momentum = effective_momentum(opts)
-    coarse_mask, fine_mask = layer_masks(w_star, opts.coarse_layers)
-    size = tuple(images.shape[-2:])
-    identity = F.normalize(identity.float(), dim=1)
-    w = w_star.detach().float().clone()
-    mom_div = torch.zeros_like(w)
-    mom_id = torch.zeros_like(w)
+    s = start_loop(w_star, images, identity, opts)
+    opts, momentum, coarse_mask, fine_mask = s.opts, s.momentum, s.coarse_mask, s.fine_mask
+    size, identity, w, mom_div, mom_id = s.size, s.identity, s.w, s.mom_div, s.mom_id
     trace = _Trace()
     authors = opts.schedule == "authors"
     for t in range(opts.steps):

@@ -60,7 +60,7 @@ def _demo_file(name: str) -> Path | None:
 def build_generator(cfg: Config, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str, bool]:
     """Generator named by ``cfg.models.generator``; returns (module, source description, random?)."""
     from latent_rag_ros.models import generator_io
-    from latent_rag_ros.models.stylegan3 import load_generator
+    from latent_rag_ros.models.generator_io import load_generator
 
     spec = cfg.models.generator
     if spec == "demo":

@@ -163,7 +163,7 @@ def train_encoder(
     """
     from tqdm import tqdm
 
-    from latent_rag_ros.models.stylegan3 import load_generator
+    from latent_rag_ros.models.generator_io import load_generator
 
     cfg.validate()
     out = Path(out_dir)
