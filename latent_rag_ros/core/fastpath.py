@@ -14,6 +14,8 @@ What it changes (measured on CPU in docs/perf.md), and what it keeps:
   into the convolutions and channels_last. Faster, but the forward's rounding differs, ReLU6 decisions
   near their kinks flip, and the T-step sign iteration amplifies that: at the demo settings the result
   differs from eager about as much as eager at 1 vs 2 CPU threads does (docs/perf.md). Not the default.
+- ``loss_encoder(reid, "channels_last")`` (opt-in): E in channels_last only. Not bit-exact either, but its
+  gradients differ by ~1e-6 relative, and on the demo bench no sign step flipped (docs/perf.md); ~1.1x.
   (A hand-written one-pass Conv-BN-ReLU6 backward with a bit-identical forward was tried: exact, but
   slower than autograd's on this CPU, so it was dropped.)
 - ``batched_backward``: both VJPs through G in one vmapped backward (``is_grads_batched``). Exact; on
@@ -65,24 +67,28 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
         return net
 
 
-REID_MODES = ("off", "folded")
+REID_MODES = ("off", "folded", "channels_last")
 
 
 def loss_encoder(reid: torch.nn.Module, mode: str = "off") -> torch.nn.Module:
-    """E as used inside L_id: ``off`` (E itself) or ``folded`` (a copy, BatchNorm folded, channels_last).
+    """E as used inside L_id: ``off`` (E itself), ``folded`` (a copy, BatchNorm folded, channels_last) or
+    ``channels_last`` (a copy in channels_last memory format, nothing folded).
 
     ``reid`` follows the ReIDEncoder contract (resize + normalise in forward); its ``net`` is rewritten
-    when it exists, the whole module otherwise. The original module is never modified.
+    when it exists, the whole module otherwise. The original module is never modified. ``channels_last``
+    runs E's convolutions through oneDNN: same function, gradients equal to ~1e-6 relative, not bit-exact
+    (docs/perf.md: 1.1x on the demo at batch 8, and no sign step flipped there).
     """
     if mode not in REID_MODES:
         raise ValueError(f"fast_reid must be one of {', '.join(REID_MODES)}, got {mode!r}")
     if mode == "off":
         return reid
     fast = copy.deepcopy(reid).eval().requires_grad_(False)
-    if isinstance(getattr(fast, "net", None), torch.nn.Module):
-        fast.net = fold_batchnorm(fast.net).requires_grad_(False)
-    else:
-        fast = fold_batchnorm(fast).requires_grad_(False)
+    if mode == "folded":
+        if isinstance(getattr(fast, "net", None), torch.nn.Module):
+            fast.net = fold_batchnorm(fast.net).requires_grad_(False)
+        else:
+            fast = fold_batchnorm(fast).requires_grad_(False)
     return fast.to(memory_format=torch.channels_last)
 
 
