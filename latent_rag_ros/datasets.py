@@ -450,7 +450,7 @@ def read_bag(path: str | Path, detector: Detector | None = None, topic: str | No
 
     With a detector, detected boxes take the pid of the labelled box they overlap (IoU >= 0.5).
     """
-    from latent_rag_ros.eval.bags import LABEL_TOPIC, read_images, read_labels
+    from latent_rag_ros.bagio import LABEL_TOPIC, read_images, read_labels
 
     p = Path(path)
     labels = read_labels(p, LABEL_TOPIC)

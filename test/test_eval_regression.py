@@ -50,10 +50,10 @@ def _crops() -> tuple[list[np.ndarray], list[str], list[int], list[np.ndarray], 
 def test_demo_protection_regression(tmp_path: Path) -> None:
     import torch
 
+    from latent_rag_ros.cli.demo import DEMO_PROTECTOR
     from latent_rag_ros.config import load_config
     from latent_rag_ros.core.protector import Protector
     from latent_rag_ros.datasets import Sample, read_video_frames
-    from latent_rag_ros.demo import DEMO_PROTECTOR
     from latent_rag_ros.eval.metrics import cosine_distmat, different_people, evaluate_rank, image_similarity
     from latent_rag_ros.eval.runner import embed_published, published
     from latent_rag_ros.models.factory import build_detector, build_models, store_identity

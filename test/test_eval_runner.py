@@ -84,7 +84,7 @@ def _cli(argv: list[str]) -> int:
         return main(argv)
     import argparse
 
-    from latent_rag_ros.eval.cli import register
+    from latent_rag_ros.cli.eval import register
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)

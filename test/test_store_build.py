@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latent_rag_ros.cli.store import register
 from latent_rag_ros.core.imaging import bgr_to_tensor
 from latent_rag_ros.store import StoreError, StoreMismatchError, open_store
 from latent_rag_ros.store.build import build_store
-from latent_rag_ros.store.cli import register
 
 from nets import TinyReID
 

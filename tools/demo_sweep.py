@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latent_rag_ros.cli.demo import VTEST
 from latent_rag_ros.config import default_config_path, load_config
 from latent_rag_ros.core.protector import Protector
 from latent_rag_ros.datasets import Sample, read_video_frames
-from latent_rag_ros.demo import VTEST
 from latent_rag_ros.eval.metrics import different_people, image_similarity
 from latent_rag_ros.eval.runner import embed_crops
 from latent_rag_ros.models.factory import build_detector, build_models, store_identity

@@ -187,8 +187,8 @@ def _protected_bag_data(path: str, protected_bag: str, max_queries: int | None,
     """
     import cv2
 
+    from latent_rag_ros.bagio import read_images, read_labels, read_protected
     from latent_rag_ros.datasets import _match_label, crop
-    from latent_rag_ros.eval.bags import read_images, read_labels, read_protected
 
     records = read_protected(protected_bag)
     if not records:
@@ -297,7 +297,7 @@ def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries
         step = max(1, -(-total // max_frames)) if total > 0 else 1
         frames = list(read_video_frames(path, frame_step=step))
     else:
-        from latent_rag_ros.eval.bags import read_images
+        from latent_rag_ros.bagio import read_images
 
         frames = [(k, f) for k, (_t, _s, f) in enumerate(read_images(path))]
         if len(frames) > max_frames:
@@ -368,7 +368,7 @@ def load_eval_data(source: str | Path, max_queries: int | None = None, max_galle
     if kind in ("market", "msmt17", "cuhk03"):
         return _benchmark_data(path, kind, max_queries, max_gallery, max_attack, seed)
     if kind in ("video", "bag"):
-        from latent_rag_ros.eval.bags import read_labels
+        from latent_rag_ros.bagio import read_labels
 
         if kind == "video" or not read_labels(path):
             return _tracked_data(path, kind, detector, det_cfg, max_queries, max_attack, seed, sheet,

@@ -63,7 +63,7 @@ def replay_bag(
     loaded). After the last frame it waits up to ``first_wait_s`` for the first output, then until
     nothing new arrived for ``drain_s`` s (at most ``max_wait_s`` in all).
     """
-    from latent_rag_ros.eval.bags import BagRecorder
+    from latent_rag_ros.bagio import BagRecorder
 
     src_topic, src_type, frames = _camera_messages(bag_in, source_topic)
     compressed = src_type.endswith("CompressedImage")

@@ -206,10 +206,6 @@ def bench_store(
     finally:
         if not keep and not workdir:
             shutil.rmtree(base, ignore_errors=True)
-    try:
-        report["dds_round_trip"] = dds_round_trip(None)
-    except NotImplementedError as exc:
-        report["dds_round_trip"] = f"not measured: {exc}"
     if out:
         Path(out).write_text(json.dumps(report, indent=1))
     return report
@@ -244,19 +240,6 @@ def fp16_identity_cost(generator: Any, reid: Any, n: int = 16, seed: int = 0,
         "pixel_max_abs_diff": float((img32 - img16).abs().max()),
         "identity_cos_mean": float(cos.mean()), "identity_cos_min": float(cos.min()),
     }
-
-
-def dds_round_trip(store_path: str | None, n: int = 100) -> dict[str, Any]:
-    """Service round trip over DDS (m=10 codes of 16x512) through a real store_node process.
-
-    The only place the store layer reaches the ROS layer, and only in this benchmark: it is
-    imported lazily and reported as not measured where rclpy or the built interfaces are missing.
-    """
-    try:
-        from latent_rag_ros.nodes.bench_service import service_round_trip
-    except ImportError as exc:
-        raise NotImplementedError(f"ROS 2 (rclpy and this package's interfaces) not available: {exc}") from None
-    return service_round_trip(store_path, n=n)
 
 
 def bench_encryption(n: int, dim: int = 512, queries: int = 1000, latent_shape: tuple[int, int] = (14, 512),

@@ -8,14 +8,10 @@ import sys
 import time
 from typing import Any
 
+from latent_rag_ros.cli.args import add_config_args
+
 CPU_ATTACK = {"steps": 200, "batch_size": 8, "channels": 16}    # a 30-frame bag: a few minutes on 2 cores
 GPU_ATTACK = {"steps": 500, "batch_size": 16, "channels": 32}
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="parameter file (default: the package's config/latent_rag.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set protector.m=5 (repeatable)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -38,7 +34,7 @@ def _baseline_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation; a source it cannot evaluate gives one line on stderr and exit code 2."""
-    from latent_rag_ros.eval.bags import BagError
+    from latent_rag_ros.bagio import BagError
     from latent_rag_ros.models.safe_load import ModelFileError
     from latent_rag_ros.store.base import StoreError
 
@@ -128,7 +124,7 @@ def cmd_bench_rank(args: argparse.Namespace) -> int:
 def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     """Add ``eval`` and ``make-bag`` (and ``bench rank``) to the ``latent-rag`` command."""
     p = subparsers.add_parser("eval", help="privacy / utility / recovery evaluation with baselines (paper tables)")
-    _add_config_args(p)
+    add_config_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="Market-1501 / MSMT17 / CUHK03 folder, folder of crops, or video")
     src.add_argument("--bag", help="camera rosbag2 (labels travel on /latent_rag/labels)")

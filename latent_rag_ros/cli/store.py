@@ -13,13 +13,8 @@ import sys
 import time
 from typing import Any
 
+from latent_rag_ros.cli.args import add_config_args
 from latent_rag_ros.store.base import StoreError
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="parameter file (default: the package's config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set models.reid=bagtricks (repeatable)")
 
 
 def _print(obj: Any) -> None:
@@ -28,7 +23,7 @@ def _print(obj: Any) -> None:
 
 def _models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(config, models, device) from ``--config``/``--set``."""
-    from latent_rag_ros.cli import config_from_args
+    from latent_rag_ros.cli.args import config_from_args
     from latent_rag_ros.core.protector import resolve_device
     from latent_rag_ros.models.factory import build_models
 
@@ -53,7 +48,7 @@ def _samples(cfg: Any, source: str, split: str | None, limit: int) -> Any:
 
 
 def _build(args: argparse.Namespace, out: str, resume: bool, must_exist: bool) -> int:
-    from latent_rag_ros.cli import config_from_args
+    from latent_rag_ros.cli.args import config_from_args
     from latent_rag_ros.models.factory import store_identity
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.build import build_store
@@ -220,6 +215,19 @@ def cmd_store_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def dds_round_trip(store_path: str | None, n: int = 100) -> dict[str, Any] | str:
+    """Service round trip over DDS (m=10 codes of 16x512) through a real store_node process.
+
+    The store benchmark's only use of the ROS layer, so it lives here, in the cli layer. Reported as
+    not measured where rclpy or the built interfaces are missing.
+    """
+    try:
+        from latent_rag_ros.nodes.bench_service import service_round_trip  # rclpy: optional (pip install)
+    except ImportError as exc:
+        return f"not measured: ROS 2 (rclpy and this package's interfaces) not available: {exc}"
+    return service_round_trip(store_path, n=n)
+
+
 def cmd_bench_store(args: argparse.Namespace) -> int:
     """Build/search/recall benchmark of the embedded store (and optionally the fp16 W+ cost)."""
     import tempfile
@@ -245,6 +253,7 @@ def cmd_bench_store(args: argparse.Namespace) -> int:
             generate_key_file(key)
         report = bench_store(sizes, dim=args.dim, queries=args.queries, out=None, latent_shape=shape,  # type: ignore[arg-type]
                              latent_dtype=args.latent_dtype, workdir=args.workdir, data_model=args.data, key_file=key)
+    report["dds_round_trip"] = dds_round_trip(None)
     print(json.dumps({"dds_round_trip": report.get("dds_round_trip")}, default=str))
     if args.fp16_cost:
         _, models, _ = _models(args)
@@ -271,7 +280,7 @@ def _guard(fn: Any) -> Any:
 def register(subparsers: Any, bench_subparsers: Any) -> None:
     """Add build-store, store {add,stats,verify,compact} and bench store to the ``latent-rag`` parser."""
     p = subparsers.add_parser("build-store", help="build a trusted store from crops/dataset/video/bag (resumable)")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--images", required=True, help="crops folder, Market-1501/MSMT17/CUHK03 root, video or bag")
     p.add_argument("--out", required=True, help="store directory, Milvus Lite *.db file or Milvus URI")
     p.add_argument("--batch-size", type=int, default=0, help="crops per model call (default protector.batch_size)")
@@ -287,7 +296,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     store = subparsers.add_parser("store", help="inspect and maintain a trusted store")
     ssub = store.add_subparsers(dest="store_command", required=True)
     p = ssub.add_parser("add", help="add the crops of a source to an existing store")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--store", required=True)
     p.add_argument("--images", required=True)
     p.add_argument("--batch-size", type=int, default=0)
@@ -352,7 +361,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.set_defaults(func=_guard(cmd_store_audit))
 
     p = bench_subparsers.add_parser("store", help="store build time, search latency and recall by size")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=1000)

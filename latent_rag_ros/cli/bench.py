@@ -137,7 +137,7 @@ def _run_paths(prots: dict[str, Any], images: torch.Tensor, store: Any, repeats:
 
 def bench_protect(args: argparse.Namespace) -> int:
     """Run the side-by-side benchmark; JSON lines per (generator, batch, path), then a summary table."""
-    from latent_rag_ros.cli import config_from_args
+    from latent_rag_ros.cli.args import config_from_args
     from latent_rag_ros.core.fastpath import step_deviation
     from latent_rag_ros.core.protector import Protector, resolve_device
     from latent_rag_ros.models.factory import build_reid

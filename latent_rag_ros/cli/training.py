@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latent_rag_ros.cli.args import add_config_args
+
 # flag -> config field, per trainer (argparse dest is the flag without dashes, '-' -> '_')
 _G_FLAGS = {
     "resolution": int, "channels": int, "num_layers": int, "lrelu_upsampling": int, "z_dim": int, "w_dim": int,
@@ -62,8 +64,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-step", type=int, default=1, help="use every Nth frame of a video/bag")
     p.add_argument("--split", default=None, help="split of a dataset layout (train/query/gallery)")
     p.add_argument("--limit", type=int, default=0, help="use at most this many crops")
-    p.add_argument("--config", default=None, help="parameter file for the detector settings")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    add_config_args(p, "the detector settings")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -95,7 +96,7 @@ def _stored_config(out: Path, args: argparse.Namespace, kind: str) -> dict[str, 
 
 
 def _detector_config(args: argparse.Namespace) -> Any:
-    from latent_rag_ros.cli import config_from_args
+    from latent_rag_ros.cli.args import config_from_args
 
     return config_from_args(args)
 
