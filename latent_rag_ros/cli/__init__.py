@@ -21,6 +21,7 @@ from latent_rag_ros.cli import security as security_cli
 from latent_rag_ros.cli import store as store_cli
 from latent_rag_ros.cli import training as training_cli
 from latent_rag_ros.cli.args import add_config_args, config_from_args
+from latent_rag_ros.cli.demo import run_demo
 from latent_rag_ros.config import ConfigError, absolute_paths, default_config_path, parse_overrides, ros_name
 
 __all__ = ["build_parser", "config_from_args", "main", "user_error"]
@@ -28,6 +29,7 @@ __all__ = ["build_parser", "config_from_args", "main", "user_error"]
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start detector, protector, egress (and store) as processes until SIGINT/SIGTERM."""
+    # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.graph import Respawn, run_graph
 
     cfg = config_from_args(args)  # validate before starting anything
@@ -41,11 +43,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_protect(args: argparse.Namespace) -> int:
     """Protect a folder of crops or the people in a video, without ROS."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     import numpy as np
     from tqdm import tqdm
 
     from latent_rag_ros.core.protector import Protector, resolve_device
-    from latent_rag_ros.datasets import open_source
+    from latent_rag_ros.datasets import needs_detector, open_source
     from latent_rag_ros.models.factory import build_detector, build_models
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.base import model_mismatch
@@ -61,7 +64,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if mismatch:
         store.close()
         raise SystemExit(f"latent-rag protect: {mismatch}")
-    detector = build_detector(cfg) if Path(args.input).is_file() else None
+    detector = build_detector(cfg) if needs_detector(args.input) else None
     protector = Protector(models.generator, models.reid, cfg.protector, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +74,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if not samples:
         print(f"no images or people found in {args.input}", file=sys.stderr)
         return 1
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     import cv2
 
     index = []
@@ -91,6 +95,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert an NVlabs snapshot to the project's safetensors + JSON format."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.models.generator_io import convert_snapshot
 
     st, js = convert_snapshot(args.snapshot, args.out)
@@ -100,6 +105,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Play a bag's camera topic into the running graph and record /reid/protected."""
+    # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.replay import replay_bag
 
     cfg = config_from_args(args)
@@ -110,15 +116,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _bench_protect(args: argparse.Namespace) -> int:
-    from latent_rag_ros.cli.bench import bench_protect  # torch at import: only for this benchmark
+    """``latent-rag bench protect`` (the authors' loop vs the fast path)."""
+    from latent_rag_ros.cli.bench import bench_protect  # lazy: heavy (torch at import), only for this benchmark
 
     return bench_protect(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole job on the embedded default: store, graph, replay, report."""
-    from latent_rag_ros.cli.demo import run_demo
-
     return run_demo(args)
 
 

@@ -37,6 +37,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """List keys (id, role, state, dates, fingerprint, file): never the secret."""
     d = _keys_dir(args)
     if args.id:
+        # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
         from latent_rag_ros.security.keys import key_path
 
         keys, errors = [load_key(key_path(d, args.id))], []

@@ -8,12 +8,16 @@ without them (``latent_rag_ros.cli`` calls :func:`register`).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
+import tempfile
 import time
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
-from latent_rag_ros.cli.args import add_config_args
+from latent_rag_ros.cli.args import add_config_args, config_from_args
 from latent_rag_ros.store.base import StoreError
 
 
@@ -23,7 +27,7 @@ def _print(obj: Any) -> None:
 
 def _models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(config, models, device) from ``--config``/``--set``."""
-    from latent_rag_ros.cli.args import config_from_args
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.core.protector import resolve_device
     from latent_rag_ros.models.factory import build_models
 
@@ -36,20 +40,18 @@ def _models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _samples(cfg: Any, source: str, split: str | None, limit: int) -> Any:
-    from itertools import islice
-    from pathlib import Path
-
-    from latent_rag_ros.datasets import open_source, source_kind
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
+    from latent_rag_ros.datasets import needs_detector, open_source
     from latent_rag_ros.models.factory import build_detector
 
-    detector = build_detector(cfg) if Path(source).is_file() or source_kind(source) in ("video", "bag") else None
+    detector = build_detector(cfg) if needs_detector(source) else None
     samples = open_source(source, detector=detector, split=split)
     return list(islice(samples, limit)) if limit else samples
 
 
 def _build(args: argparse.Namespace, out: str, resume: bool, must_exist: bool) -> int:
-    from latent_rag_ros.cli.args import config_from_args
-    from latent_rag_ros.models.factory import store_identity
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
+    from latent_rag_ros.models.factory import model_fingerprint
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.build import build_store
 
@@ -62,7 +64,7 @@ def _build(args: argparse.Namespace, out: str, resume: bool, must_exist: bool) -
         opts["latent_dtype"] = args.latent_dtype
     stats = build_store(_samples(cfg, args.images, args.split, args.limit), out, models.reid, models.latent_encoder,
                         batch_size=args.batch_size or cfg.protector.batch_size, resume=resume,
-                        built_with=store_identity(models), progress=not args.quiet, store_opts=opts or None)
+                        built_with=model_fingerprint(models), progress=not args.quiet, store_opts=opts or None)
     _print(stats)
     return 0
 
@@ -78,7 +80,8 @@ def cmd_store_add(args: argparse.Namespace) -> int:
 
 
 def cmd_store_stats(args: argparse.Namespace) -> int:
-    """Print a store's size, shapes, index, version and model identity as JSON."""
+    """Print a store's size, shapes, index, version and model fingerprint (built_with) as JSON."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
 
     with open_store(args.store, read_only=True, verify="size", **_key(args)) as store:
@@ -88,6 +91,7 @@ def cmd_store_stats(args: argparse.Namespace) -> int:
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
     """Re-check every checksum of a store; exit status 1 when anything is wrong."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
 
     with open_store(args.store, read_only=True, verify="full", **_key(args)) as store:
@@ -98,6 +102,7 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 def cmd_store_compact(args: argparse.Namespace) -> int:
     """Fold a FAISS store's log into its snapshot (``--purge`` also drops removed entries)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
 
     with open_store(args.store, **_key(args)) as store:
@@ -113,19 +118,19 @@ def _key(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _audit_file(args: argparse.Namespace) -> str:
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.audit import audit_path_for
 
     return str(audit_path_for(args.store, getattr(args, "audit", "") or ""))
 
 
 def _actor() -> str:
-    import getpass
-
     return f"cli:{getpass.getuser()}"
 
 
 def cmd_store_remove(args: argparse.Namespace) -> int:
     """Erase entries by label (a person) or id: removed from the index, the database and every store file."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.audit import AuditTrail
 
@@ -154,6 +159,7 @@ def cmd_store_remove(args: argparse.Namespace) -> int:
 
 def cmd_store_expire(args: argparse.Namespace) -> int:
     """Retention: erase every entry older than ``--max-age`` (same path as remove)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.audit import AuditTrail, parse_since
 
@@ -171,6 +177,7 @@ def cmd_store_expire(args: argparse.Namespace) -> int:
 
 def cmd_store_rekey(args: argparse.Namespace) -> int:
     """Re-encrypt a store under a new key (``--decrypt``: store it unencrypted) in one transaction."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.audit import AuditTrail
 
@@ -191,6 +198,7 @@ def cmd_store_rekey(args: argparse.Namespace) -> int:
 
 def cmd_store_keygen(args: argparse.Namespace) -> int:
     """Create a new store key file (mode 0600; never overwrites)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.crypto import generate_key_file
 
     try:
@@ -202,6 +210,7 @@ def cmd_store_keygen(args: argparse.Namespace) -> int:
 
 def cmd_store_audit(args: argparse.Namespace) -> int:
     """``audit verify``: recompute the hash chain (exit 1 when broken); ``audit show``: list records."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.audit import parse_since, show_audit, verify_audit
 
     path = _audit_file(args)
@@ -222,6 +231,7 @@ def dds_round_trip(store_path: str | None, n: int = 100) -> dict[str, Any] | str
     not measured where rclpy or the built interfaces are missing.
     """
     try:
+        # lazy: ROS 2 (rclpy): optional, absent from a pip install
         from latent_rag_ros.nodes.bench_service import service_round_trip  # rclpy: optional (pip install)
     except ImportError as exc:
         return f"not measured: ROS 2 (rclpy and this package's interfaces) not available: {exc}"
@@ -230,15 +240,14 @@ def dds_round_trip(store_path: str | None, n: int = 100) -> dict[str, Any] | str
 
 def cmd_bench_store(args: argparse.Namespace) -> int:
     """Build/search/recall benchmark of the embedded store (and optionally the fp16 W+ cost)."""
-    import tempfile
-    from pathlib import Path
-
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.bench import bench_store, fp16_identity_cost
     from latent_rag_ros.store.crypto import generate_key_file
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     shape = tuple(int(x) for x in args.latent_shape.lower().split("x"))
     if args.compare_encryption:
+        # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
         from latent_rag_ros.store.bench import bench_encryption
 
         pair = [bench_encryption(n, args.dim, args.queries, shape if n < 1_000_000 else (1, 8),  # type: ignore[arg-type]

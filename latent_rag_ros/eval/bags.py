@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from latent_rag_ros import datasets
 from latent_rag_ros.bagio import (
@@ -86,8 +87,6 @@ def make_bag(source: Any, out: str | Path, topic: str = IMAGE_TOPIC, storage: st
     n = n_lab = 0
     items: Iterable[tuple[np.ndarray, dict[str, Any] | None]] = _frames_and_labels(source, split)
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(items, desc="make-bag", unit="frame", disable=None)
     with BagRecorder(out, storage) as rec:
         img_conn = rec.add_topic(topic, IMAGE_TYPE)

@@ -31,7 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+import torch
+
+from latent_rag_ros.core.imaging import from_generator
+from latent_rag_ros.core.retrieval import retrieve
+from latent_rag_ros.store.crypto import generate_key_file
+from latent_rag_ros.store.faiss_store import FaissStore
 
 
 def clustered_vectors(n: int, dim: int, per_identity: int = 20, spread: float = 1.0,
@@ -105,11 +112,6 @@ def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], lat
               say: Callable[[str], None] = print, data_model: str = "structured",
               key_file: str | None = None) -> dict[str, Any]:
     """Build a store of ``n`` entries under ``workdir`` (encrypted with ``key_file``), reopen it, time queries."""
-    import faiss
-
-    from latent_rag_ros.core.retrieval import retrieve
-    from latent_rag_ros.store.faiss_store import FaissStore
-
     path = workdir / f"store_{n}"
     if path.exists():
         shutil.rmtree(path)
@@ -189,8 +191,6 @@ def bench_store(
     key_file: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`bench_one` for each size (sizes >= ``big_from`` use ``big_latent_shape``)."""
-    import faiss
-
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="latent_rag_bench_"))
     base.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(),
@@ -219,10 +219,6 @@ def fp16_identity_cost(generator: Any, reid: Any, n: int = 16, seed: int = 0,
     generates both, embeds both with ``reid`` and reports the codes' error and the identity
     cosine (1.0 = no cost).
     """
-    import torch
-
-    from latent_rag_ros.core.imaging import from_generator
-
     g = torch.Generator().manual_seed(seed)
     dev = next(iter(generator.parameters())).device
     with torch.no_grad():
@@ -250,12 +246,6 @@ def bench_encryption(n: int, dim: int = 512, queries: int = 1000, latent_shape: 
     Builds one store, copies it and re-keys the copy (AES-256-GCM), then alternates between the two
     for every measurement (open, each query, each retrieval), so a busy machine slows both alike.
     """
-    import faiss
-
-    from latent_rag_ros.core.retrieval import retrieve
-    from latent_rag_ros.store.crypto import generate_key_file
-    from latent_rag_ros.store.faiss_store import FaissStore
-
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="latent_rag_bench_enc_"))
     keydir = Path(tempfile.mkdtemp(prefix="latent_rag_key_"))
     key = str(keydir / "bench.key")

@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_rag_ros.fileio import fsync_dir
 from latent_rag_ros.store.ann import IdentityIndex, IndexParams
 from latent_rag_ros.store.base import (
     StoreCorruptError,
@@ -72,7 +73,6 @@ from latent_rag_ros.store.base import (
     to_latent_dtype,
 )
 from latent_rag_ros.store.crypto import SealError, codec_for
-from latent_rag_ros.store.files import fsync_dir
 from latent_rag_ros.store.snapshot import read_snapshot, write_snapshot
 from latent_rag_ros.store.sqlite_db import (
     FORMAT,

@@ -22,10 +22,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from latent_rag_ros.fileio import atomic_write, file_digest
+from latent_rag_ros.models.e4e import build_e4e, load_e4e, save_e4e
+from latent_rag_ros.models.generator_io import own_format_paths
+from latent_rag_ros.models.reid import load_reid
+from latent_rag_ros.models.stylegan3 import load_generator
 from latent_rag_ros.training import checkpoints as ck
 from latent_rag_ros.training.augment import random_xflip
 from latent_rag_ros.training.data import CropSet
+from latent_rag_ros.training.evaluate import encode_regenerate, image_grid, save_png
 from latent_rag_ros.training.generator import resolve_resume
 from latent_rag_ros.training.losses import delta_norm, reconstruction_loss
 from latent_rag_ros.training.runs import (
@@ -98,8 +105,6 @@ def stage_at(cfg: EncoderTrainConfig, step: int, num_ws: int) -> int:
 
 def build_encoder(cfg: EncoderTrainConfig, generator: nn.Module) -> nn.Module:
     """A fresh encoder for ``generator`` (``latent_avg = G.w_avg``) or the ``init`` checkpoint, in train mode."""
-    from latent_rag_ros.models.e4e import build_e4e, load_e4e
-
     size = (int(generator.img_height), int(generator.img_width))
     device = torch.device(cfg.device)
     if cfg.init:
@@ -143,9 +148,6 @@ def encoder_step(encoder: nn.Module, generator: nn.Module, opt: torch.optim.Opti
 
 
 def _generator_digest(path: str | Path) -> str:
-    from latent_rag_ros.models.factory import file_digest
-    from latent_rag_ros.models.generator_io import own_format_paths
-
     p = Path(path)
     st, _ = own_format_paths(p)
     return file_digest(st if st.is_file() else p)
@@ -161,10 +163,6 @@ def train_encoder(
     Outputs in ``out_dir``: ``encoder.pt`` (official E4E layout), ``reconstructions.png``,
     ``train_log.jsonl``, ``train_summary.json``, ``checkpoints/``. Returns the summary dict.
     """
-    from tqdm import tqdm
-
-    from latent_rag_ros.models.stylegan3 import load_generator
-
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,8 +175,6 @@ def train_encoder(
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     reid = None
     if cfg.id_weight > 0:
-        from latent_rag_ros.models.reid import load_reid
-
         reid = load_reid(cfg.reid, device=cfg.device, input_size=tuple(cfg.reid_size)).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     g_digest = _generator_digest(generator_path)
@@ -256,14 +252,11 @@ def train_encoder(
 
 def _save_outputs(enc: nn.Module, G: nn.Module, out: Path, crops: CropSet, step: int, g_digest: str,
                   generator_path: str | Path) -> dict[str, str]:
-    from latent_rag_ros.models.e4e import save_e4e
-    from latent_rag_ros.training.evaluate import encode_regenerate, image_grid, save_png
-
     enc.eval()
     path = out / "encoder.pt"
     extra = {"trained_steps": int(step), "generator_digest": g_digest,
              "generator_file": Path(generator_path).name, "trainer": "latent-rag train encoder"}
-    ck.atomic_write(path, lambda tmp: save_e4e(enc, tmp, extra))
+    atomic_write(path, lambda tmp: save_e4e(enc, tmp, extra))
     real = crops.as_float()[: min(8, len(crops))]
     rec = encode_regenerate(G, enc, real)
     png = save_png(out / "reconstructions.png", image_grid([real, rec]))

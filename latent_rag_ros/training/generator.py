@@ -30,11 +30,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from latent_rag_ros.fileio import atomic_write
+from latent_rag_ros.models.e4e import build_e4e, save_e4e
+from latent_rag_ros.models.generator_io import build_generator, save_generator
 from latent_rag_ros.training import checkpoints as ck
 from latent_rag_ros.training.augment import diff_augment, parse_policy, random_xflip
 from latent_rag_ros.training.data import CropSet
 from latent_rag_ros.training.discriminator import ResNetDiscriminator
+from latent_rag_ros.training.evaluate import image_grid, save_png
 from latent_rag_ros.training.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty, reconstruction_loss
 from latent_rag_ros.training.runs import (
     Deadline,
@@ -124,9 +129,6 @@ class Networks:
 
 def build_networks(cfg: GeneratorTrainConfig) -> Networks:
     """Fresh G, G_ema, D (and E), seeded by ``cfg.seed``, with StyleGAN's Adam settings."""
-    from latent_rag_ros.models.e4e import build_e4e
-    from latent_rag_ros.models.generator_io import build_generator
-
     device = torch.device(cfg.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -255,10 +257,6 @@ def resolve_resume(out_dir: Path, resume: bool | str | Path) -> Path | None:
 
 def _save_outputs(nets: Networks, cfg: GeneratorTrainConfig, out_dir: Path, crops: CropSet, step: int,
                   total_elapsed: float) -> dict[str, str]:
-    from latent_rag_ros.models.e4e import save_e4e
-    from latent_rag_ros.models.generator_io import save_generator
-    from latent_rag_ros.training.evaluate import image_grid, save_png
-
     source = {"kind": "trained", "trainer": "latent-rag train generator", "steps": int(step),
               "data": crops.meta.get("source", ""), "frames": crops.meta.get("frames", ""),
               "crops": len(crops), "data_fingerprint": crops.fingerprint(), "seed": cfg.seed,
@@ -280,7 +278,7 @@ def _save_outputs(nets: Networks, cfg: GeneratorTrainConfig, out_dir: Path, crop
     files["samples"] = str(save_png(out_dir / "samples.png", image_grid(rows)))
     if nets.E is not None:
         enc_path = out_dir / "encoder_warm.pt"
-        ck.atomic_write(enc_path, lambda tmp: save_e4e(nets.E.eval(), tmp, {"trained_steps": int(step),
+        atomic_write(enc_path, lambda tmp: save_e4e(nets.E.eval(), tmp, {"trained_steps": int(step),
                                                                               "trainer": "generator warm-up"}))
         nets.E.train()
         files["encoder_warm"] = str(enc_path)
@@ -297,8 +295,6 @@ def train_generator(
     ``samples.png``, ``train_log.jsonl``, ``train_summary.json``, ``checkpoints/`` (and
     ``encoder_warm.pt`` with the reconstruction warm-up). Returns the summary dict.
     """
-    from tqdm import tqdm
-
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
