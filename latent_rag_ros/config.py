@@ -4,6 +4,11 @@ Defaults live here and only here (they follow the paper where it gives a value).
 ``config/`` are ROS 2 parameter files: every node reads the ``/**: ros__parameters`` block, whose
 nested keys map onto these dataclasses (``protector.m`` is ``ProtectorConfig.m``). The CLI reads
 the same files with :func:`load_config`.
+
+Why one module of ~600 lines: the schema, its validation, the ROS parameter descriptors generated
+from it and the registry names (REID_KINDS, DETECTOR_KINDS) and topic defaults are one fact each;
+split, they would drift apart again (issue #12). It sits in the bottom layer and imports no other
+module of the package.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ Supported layouts (``open_source`` detects them):
   :func:`latent_rag_ros.eval.bags.make_bag`, crops are cut at the labelled boxes (or, with a
   detector, detected boxes take the pid of the labelled box they overlap); otherwise detector
   crops or, with no detector, whole frames.
+
+Why one module of ~530 lines: each reader is short, and they share the Sample type, the
+crop/label matching and :func:`needs_detector` (the one source/detector rule); a split would
+spread that one rule over several files.
 """
 
 from __future__ import annotations

@@ -177,8 +177,7 @@ def cmd_train_evaluate(args: argparse.Namespace) -> int:
 def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     """Add ``train`` (``generator``, ``encoder``, ``evaluate``) to the ``latent-rag`` parser."""
     # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
-    from latent_rag_ros.training.encoder import EncoderTrainConfig
-    from latent_rag_ros.training.generator import GeneratorTrainConfig
+    from latent_rag_ros.training.configs import EncoderTrainConfig, GeneratorTrainConfig
 
     train = subparsers.add_parser("train", help="train the small demo generator / encoder (CPU or GPU)")
     sub = train.add_subparsers(dest="train_command", required=True)

@@ -9,6 +9,11 @@ core can back-propagate from the embedding to the image. Supported kinds (``load
 - ``bagtricks``: Luo et al.'s strong baseline (michuanhaohao/reid-strong-baseline key names).
 - ``agw``: ResNet-50 + non-local + GeM + BNNeck (mangye16/ReID-Survey key names).
 - ``torchreid``: torchreid ``resnet50`` and OSNet family checkpoints (KaiyangZhou/deep-person-reid).
+
+``REID_FACTORIES`` is the registry (name -> factory, torchreid ``init_model`` style); its names are
+``config.REID_KINDS``. Why one module of ~700 lines: the four networks are written out here (no
+optional package is needed to load their official checkpoints) and share the state-dict helpers
+and the interface; one file per network would be the next split if a fifth kind is added.
 """
 
 from __future__ import annotations

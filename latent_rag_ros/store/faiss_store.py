@@ -41,6 +41,10 @@ store/crypto.py, the snapshot format in store/snapshot.py, the index policy in s
 Latent dtype (``latent_dtype``, fixed at creation): ``float32`` (default, exact) or ``float16``
 (half the disk; relative error <= 4.9e-4 per value; the identity cost is measured with
 ``latent-rag bench store --fp16-cost``).
+
+Why one module of ~700 lines: open/recover, add/remove/search, snapshot catch-up and compaction
+all hold the same writer lock and sequence number; the SQLite schema (store/sqlite_db.py), the
+index choice (store/ann.py) and the snapshot format (store/snapshot.py) are already apart.
 """
 
 from __future__ import annotations

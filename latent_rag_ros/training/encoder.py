@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from latent_rag_ros.models.reid import load_reid
 from latent_rag_ros.models.stylegan3 import load_generator
 from latent_rag_ros.training import checkpoints as ck
 from latent_rag_ros.training.augment import random_xflip
+from latent_rag_ros.training.configs import EncoderTrainConfig
 from latent_rag_ros.training.data import CropSet
 from latent_rag_ros.training.evaluate import encode_regenerate, image_grid, save_png
 from latent_rag_ros.training.generator import resolve_resume
@@ -48,40 +48,6 @@ from latent_rag_ros.training.runs import (
 
 LOG = logging.getLogger(__name__)
 KIND = "encoder"
-
-
-@dataclass
-class EncoderTrainConfig:
-    """Settings of an encoder training run (defaults: the demo encoder)."""
-
-    # architecture of a fresh encoder (with ``init`` the checkpoint's architecture is used instead)
-    width: float = 0.25             # IR-SE width multiplier (channels 64,128,256,512 x width, at least 16)
-    blocks: list[int] = field(default_factory=lambda: [1, 2, 2, 1])
-    style_width: int = 64           # conv width of the map2style heads
-    init: str = ""                  # start from this E4E checkpoint (e.g. the generator run's encoder_warm.pt)
-    batch: int = 16
-    steps: int = 1000
-    lr: float = 0.0005
-    l2: float = 1.0
-    l1: float = 1.0
-    ssim: float = 1.0
-    id_weight: float = 0.0          # > 0: identity loss with the re-ID encoder ``reid``
-    reid: str = "deepsort_mobilenetv2"
-    reid_size: list[int] = field(default_factory=lambda: [128, 64])
-    delta_weight: float = 2e-4      # e4e's delta-norm regulariser
-    progressive_every: int = 0      # steps per newly unlocked W+ delta (0: all deltas from the start)
-    xflip: float = 0.5
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 20
-    minutes: float = 0.0
-    threads: int = 0
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot train."""
-        if self.batch < 2 or self.steps < 0 or self.checkpoint_every < 1 or len(self.blocks) != 4:
-            raise ValueError("need batch >= 2, steps >= 0, checkpoint_every >= 1 and four block counts")
 
 
 def progressive_codes(encoder: nn.Module, images01: torch.Tensor, stage: int) -> torch.Tensor:
