@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latent_rag_ros.bench import VARIANTS, build_variant
+from latent_rag_ros.cli.bench import VARIANTS, build_variant
 from latent_rag_ros.core.fastpath import fast_generation, loss_encoder, step_deviation, step_gradients
 from latent_rag_ros.core.generation import StepOptions, identity_aligned_generation, losses, render
 from latent_rag_ros.core.imaging import tensor_to_bgr
