@@ -14,10 +14,11 @@ What it changes (measured on CPU in docs/perf.md), and what it keeps:
   into the convolutions and channels_last. Faster, but the forward's rounding differs, ReLU6 decisions
   near their kinks flip, and the T-step sign iteration amplifies that: at the demo settings the result
   differs from eager about as much as eager at 1 vs 2 CPU threads does (docs/perf.md). Not the default.
-- ``loss_encoder(reid, "channels_last")`` (opt-in): E in channels_last only. Not bit-exact either, but its
-  gradients differ by ~1e-6 relative, and on the demo bench no sign step flipped (docs/perf.md); ~1.1x.
   (A hand-written one-pass Conv-BN-ReLU6 backward with a bit-identical forward was tried: exact, but
   slower than autograd's on this CPU, so it was dropped.)
+- ``loss_encoder(reid, "channels_last")`` (opt-in): E in channels_last only. Not bit-exact either, but its
+  gradients differ by ~1e-6 relative and on the demo bench no sign step flipped; 6% faster E, a gain
+  inside the loop benchmark's noise (docs/perf.md).
 - ``batched_backward``: both VJPs through G in one vmapped backward (``is_grads_batched``). Exact; on
   CPU it measured no gain, so ``auto`` enables it on CUDA only (unmeasured there: no GPU was lent).
 """
@@ -77,7 +78,7 @@ def loss_encoder(reid: torch.nn.Module, mode: str = "off") -> torch.nn.Module:
     ``reid`` follows the ReIDEncoder contract (resize + normalise in forward); its ``net`` is rewritten
     when it exists, the whole module otherwise. The original module is never modified. ``channels_last``
     runs E's convolutions through oneDNN: same function, gradients equal to ~1e-6 relative, not bit-exact
-    (docs/perf.md: 1.1x on the demo at batch 8, and no sign step flipped there).
+    (docs/perf.md: E 6% faster; no sign step flipped on the demo bench).
     """
     if mode not in REID_MODES:
         raise ValueError(f"fast_reid must be one of {', '.join(REID_MODES)}, got {mode!r}")
