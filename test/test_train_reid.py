@@ -22,7 +22,8 @@ def test_batch_hard_triplet_by_hand() -> None:
 
 
 def test_pk_batch_and_query_gallery_split() -> None:
-    from latent_rag_ros.training.reid import LabelledCrops, pk_batch, query_gallery
+    from latent_rag_ros.eval.tracks import LabelledCrops, query_gallery
+    from latent_rag_ros.training.reid import pk_batch
 
     by_id = [[0, 1], [2, 3, 4, 5, 6], [7]]
     idx, lab = pk_batch(by_id, 2, 4, torch.Generator().manual_seed(0))
@@ -37,8 +38,8 @@ def test_pk_batch_and_query_gallery_split() -> None:
 
 
 def test_committed_demo_reid_model_loads() -> None:
+    from latent_rag_ros.cli.demo import DEMO_REID, DEMO_REID_WEIGHTS
     from latent_rag_ros.config import load_config
-    from latent_rag_ros.demo import DEMO_REID, DEMO_REID_WEIGHTS
     from latent_rag_ros.models.factory import build_reid
 
     assert DEMO_REID_WEIGHTS.is_file() and (DEMO_REID_WEIGHTS.parent / "REID_MODEL_CARD.md").is_file()

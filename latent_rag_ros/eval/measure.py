@@ -139,3 +139,20 @@ def reid_source(kind: str, path: str | None) -> dict[str, Any]:
         rec = {"path": None, "sha256": None}
     rec["kind"] = kind
     return rec
+
+
+def rank_on_tracks(encoder: torch.nn.Module, data: Any) -> dict[str, Any]:
+    """Rank-1/5 and mAP (Market-1501 protocol, time thirds as cameras) of an encoder on tracked crops.
+
+    ``data``: :class:`latent_rag_ros.eval.tracks.LabelledCrops`; queries and gallery from
+    :func:`~latent_rag_ros.eval.tracks.query_gallery`; raw crops embedded by :func:`embed_published`.
+    """
+    from latent_rag_ros.eval.tracks import query_gallery
+
+    q, g = query_gallery(data)
+    feats = embed_published(encoder, data.images)
+    cmc, m_ap = evaluate_rank(cosine_distmat(feats[q], feats[g]), [data.pids[i] for i in q],
+                              [data.pids[i] for i in g], [data.camids[i] for i in q], [data.camids[i] for i in g],
+                              max_rank=10)
+    return {"rank1": float(cmc[0]), "rank5": float(cmc[4]), "mAP": float(m_ap), "n_query": len(q),
+            "n_gallery": len(g), "n_ids": len(set(data.pids))}

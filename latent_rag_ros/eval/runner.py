@@ -20,7 +20,6 @@ the pipeline reads top to bottom in one file.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -221,7 +220,7 @@ def _start(plan: EvalPlan) -> _Run:
 
 def load_stage(run: _Run) -> None:
     """Models, and the queries / gallery / attacker splits of the source (tracks label unlabelled ones)."""
-    from latent_rag_ros.datasets import source_kind
+    from latent_rag_ros.datasets import needs_detector
     from latent_rag_ros.models.factory import build_detector, build_models
 
     plan, cfg = run.plan, run.cfg
@@ -229,7 +228,7 @@ def load_stage(run: _Run) -> None:
     run.models = plan.models if plan.models is not None else build_models(
         cfg, run.device, with_encoder=plan.protected_bag is None or plan.ablation)
     detector = getattr(run.models, "detector", None)
-    if detector is None and source_kind(plan.source) in ("video", "bag"):
+    if detector is None and needs_detector(plan.source):
         detector = build_detector(cfg)   # unlabelled videos and bags get identities from tracks
     run.data = load_eval_data(plan.source, plan.max_queries, plan.max_gallery, plan.max_attack, plan.protected_bag,
                               detector, cfg.protector.seed, det_cfg=cfg.detector, sheet=run.out / "tracks.png",
@@ -269,7 +268,7 @@ def _build_store(run: _Run) -> None:
     """Build the trusted store from the gallery split into ``OUT/store`` (replacing an old one)."""
     import shutil
 
-    from latent_rag_ros.models.factory import store_identity
+    from latent_rag_ros.models.factory import model_fingerprint
     from latent_rag_ros.store.build import build_store
 
     data = run.data
@@ -282,7 +281,7 @@ def _build_store(run: _Run) -> None:
     t = time.perf_counter()
     with torch.no_grad():
         build_store(data.g_samples, run.store_path, run.models.reid, run.models.latent_encoder,
-                    batch_size=16, built_with=store_identity(run.models), progress=run.plan.progress)
+                    batch_size=16, built_with=model_fingerprint(run.models), progress=run.plan.progress)
     run.wall["store_build"] = time.perf_counter() - t
 
 
@@ -536,8 +535,3 @@ def _comparison_settings(name: str, params: dict[str, Any] | None) -> dict[str, 
 
     cls = PixelFadeConfig if name == "pixelfade" else AVIHConfig
     return dc.asdict(cls(**(params or {})))
-
-
-def finite_or_none(v: Any) -> float | None:
-    """A float if finite, else None (helper for callers printing summaries)."""
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None

@@ -22,6 +22,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 
 @dataclass
@@ -82,8 +83,6 @@ def track(frames: Sequence[int], boxes: Sequence[Sequence[float]], crops: Sequen
 
     Returns the kept tracks, numbered 0.. in order of their first frame.
     """
-    from scipy.optimize import linear_sum_assignment
-
     cfg = cfg or TrackerConfig()
     if not (len(frames) == len(boxes) == len(crops)):
         raise ValueError(f"track: {len(frames)} frames, {len(boxes)} boxes, {len(crops)} crops (must be equal)")
@@ -190,3 +189,47 @@ def contact_sheet(tracks: Sequence[Track], crops: Sequence[np.ndarray], path: st
     if not cv2.imwrite(str(p), sheet):
         raise ValueError(f"{p}: cannot write the contact sheet")
     return p
+
+
+@dataclass
+class LabelledCrops:
+    """Person crops with a tracked identity and a camera (time third) each (``latent-rag train reid``'s data)."""
+
+    images: list[np.ndarray]
+    pids: list[str]
+    camids: list[int]
+    frames: list[int]
+
+
+def tracked_crops(path: str, frames: tuple[int, int], step: int, detector: Any, det_cfg: Any,
+                  prefix: str) -> LabelledCrops:
+    """Detect and track people in video ``frames`` [start, stop) (every ``step``-th); keep the tracked crops.
+
+    Tracking runs over the processed frames (gap 2), thirds of them act as cameras.
+    """
+    from latent_rag_ros.datasets import Sample, read_video_frames
+    from latent_rag_ros.people import crop_people
+
+    start, stop = frames
+    picked = [(i, f) for i, f in read_video_frames(path, max_frames=stop) if i >= start and (i - start) % step == 0]
+    samples = []
+    for pos, (_i, frame) in enumerate(picked):
+        for b, person in enumerate(crop_people(detector, frame, det_cfg)):
+            samples.append(Sample(person.crop, f"p{pos}_b{b}", None, None, pos, tuple(float(v) for v in person.box)))
+    track_samples(samples, TrackerConfig(max_gap=2), segment=max(1, -(-len(picked) // 3)), prefix=prefix)
+    kept = [s for s in samples if s.pid is not None]
+    return LabelledCrops([s.image for s in kept], [str(s.pid) for s in kept], [int(s.camid) for s in kept],
+                         [picked[s.frame][0] for s in kept])
+
+
+def query_gallery(data: LabelledCrops) -> tuple[list[int], list[int]]:
+    """Indices of queries (middle crop of each (person, third) seen in another third) and gallery (the rest)."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (p, c) in enumerate(zip(data.pids, data.camids, strict=True)):
+        groups.setdefault((p, c), []).append(i)
+    cams: dict[str, set[int]] = {}
+    for p, c in groups:
+        cams.setdefault(p, set()).add(c)
+    query = [g[len(g) // 2] for (p, c), g in groups.items() if cams[p] - {c}]
+    qs = set(query)
+    return query, [i for i in range(len(data.pids)) if i not in qs]

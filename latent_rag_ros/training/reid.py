@@ -1,7 +1,8 @@
 """``latent-rag train reid``: a small re-ID network (OSNet) trained on tracked people of a video (issue 16 item 3).
 
-The demo video (vtest.avi) has no identity labels, so identities come from the IoU + colour-histogram
-tracker (:mod:`latent_rag_ros.eval.tracks`) over the package's person detector: frames 0-479 train,
+The demo video (vtest.avi) has no identity labels, so identities come from the evaluation's IoU +
+colour-histogram tracker over the package's person detector (``eval.tracks.tracked_crops``, wired by
+the cli, since training and evaluation are independent layers): frames 0-479 train,
 frames 500-794 (never seen in training) are evaluated with the Market-1501 protocol (thirds of the
 time act as cameras, as in ``latent-rag eval``). Loss: label-smoothed cross-entropy on the track
 identities plus a batch-hard triplet loss (Hermans et al. 2017) on the L2-normalised feature,
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,49 +52,6 @@ class ReIDTrainConfig:
     seed: int = 0
     threads: int = 1
     eval_every: int = 400
-
-
-@dataclass
-class LabelledCrops:
-    """Person crops with a tracked identity and a camera (time third) each."""
-
-    images: list[np.ndarray]
-    pids: list[str]
-    camids: list[int]
-    frames: list[int]
-
-
-def tracked_crops(path: str, frames: tuple[int, int], step: int, detector: Any, det_cfg: Any,
-                  prefix: str) -> LabelledCrops:
-    """Detect and track people in ``frames`` (every ``step``-th) of a video; keep the tracked crops."""
-    from latent_rag_ros.datasets import Sample, read_video_frames
-    from latent_rag_ros.eval.tracks import TrackerConfig, track_samples
-    from latent_rag_ros.people import crop_people
-
-    start, stop = frames
-    picked = [(i, f) for i, f in read_video_frames(path, max_frames=stop) if i >= start and (i - start) % step == 0]
-    samples = []
-    for pos, (_i, frame) in enumerate(picked):
-        for b, person in enumerate(crop_people(detector, frame, det_cfg)):
-            samples.append(Sample(person.crop, f"p{pos}_b{b}", None, None, pos, tuple(float(v) for v in person.box)))
-    segment = max(1, -(-len(picked) // 3))
-    track_samples(samples, TrackerConfig(max_gap=2), segment=segment, prefix=prefix)
-    kept = [s for s in samples if s.pid is not None]
-    return LabelledCrops([s.image for s in kept], [str(s.pid) for s in kept], [int(s.camid) for s in kept],
-                         [picked[s.frame][0] for s in kept])
-
-
-def query_gallery(data: LabelledCrops) -> tuple[list[int], list[int]]:
-    """Indices of queries (middle crop of each (person, third) seen in another third) and gallery (the rest)."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, (p, c) in enumerate(zip(data.pids, data.camids, strict=True)):
-        groups.setdefault((p, c), []).append(i)
-    cams: dict[str, set[int]] = {}
-    for p, c in groups:
-        cams.setdefault(p, set()).add(c)
-    query = [g[len(g) // 2] for (p, c), g in groups.items() if cams[p] - {c}]
-    qs = set(query)
-    return query, [i for i in range(len(data.pids)) if i not in qs]
 
 
 def to_tensor(images: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
@@ -147,22 +104,6 @@ def pk_batch(by_id: list[list[int]], p: int, k: int, gen: torch.Generator) -> tu
     return idx, lab
 
 
-def evaluate(encoder: torch.nn.Module, data: LabelledCrops) -> dict[str, float]:
-    """Rank-1/5 and mAP (Market-1501 protocol, time thirds as cameras) of an encoder on labelled crops."""
-    from latent_rag_ros.eval.metrics import cosine_distmat, evaluate_rank
-
-    q, g = query_gallery(data)
-    h, w = getattr(encoder, "input_size", (256, 128))
-    with torch.no_grad():
-        x = to_tensor(data.images, h, w)
-        feats = torch.cat([encoder(x[s:s + 64]) for s in range(0, len(x), 64)]).numpy()
-    cmc, m_ap = evaluate_rank(cosine_distmat(feats[q], feats[g]), [data.pids[i] for i in q],
-                              [data.pids[i] for i in g], [data.camids[i] for i in q], [data.camids[i] for i in g],
-                              max_rank=10)
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[4]), "mAP": float(m_ap), "n_query": len(q),
-            "n_gallery": len(g), "n_ids": len(set(data.pids))}
-
-
 def build_net(arch: str, num_classes: int) -> tuple[torch.nn.Module, int, str]:
     """The network to train, with a ``classifier`` head: (net, feature dim, name).
 
@@ -183,9 +124,15 @@ def build_net(arch: str, num_classes: int) -> tuple[torch.nn.Module, int, str]:
     raise ValueError(f"unknown re-ID architecture {arch!r}; expected mobilenetv2 or osnet_x0_25/x0_5/...")
 
 
-def train_reid(cfg: ReIDTrainConfig, out_dir: str | Path, detector: Any, det_cfg: Any,
+def train_reid(cfg: ReIDTrainConfig, train: Any, held: Any, out_dir: str | Path,
+               evaluate: Callable[[torch.nn.Module, Any], dict[str, Any]],
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, evaluate and save ``reid_ARCH.pt`` (float16) + ``reid_train.json`` in ``out_dir``; returns the record."""
+    """Train on ``train``, judge on ``held``, save ``reid_ARCH.pt`` (float16) + ``reid_train.json``; return the record.
+
+    ``train`` / ``held``: labelled crops (``images``, ``pids``, ``camids``: the evaluation's
+    ``eval.tracks.tracked_crops``); ``evaluate(encoder, held)`` returns Rank-1/mAP (the cli passes the
+    evaluation's ``measure.rank_on_tracks``), so this layer does not import the evaluation.
+    """
     from latent_rag_ros.models.reid import ReIDEncoder
     from latent_rag_ros.training.checkpoints import atomic_torch_save
     from latent_rag_ros.training.runs import Deadline, hardware, set_threads, write_json
@@ -195,9 +142,6 @@ def train_reid(cfg: ReIDTrainConfig, out_dir: str | Path, detector: Any, det_cfg
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    train = tracked_crops(cfg.data, cfg.train_frames, cfg.train_step, detector, det_cfg, "train")
-    held = tracked_crops(cfg.data, cfg.eval_frames, cfg.eval_step, detector, det_cfg, "eval")
     names = sorted({p for p in train.pids if train.pids.count(p) >= cfg.min_track})
     if len(names) < cfg.ids_per_batch:
         raise ValueError(f"{cfg.data}: only {len(names)} tracks of >= {cfg.min_track} crops in frames "
@@ -210,8 +154,7 @@ def train_reid(cfg: ReIDTrainConfig, out_dir: str | Path, detector: Any, det_cfg
     for j, c in enumerate(y_all):
         by_id[c].append(j)
     log(f"data: {len(keep)} training crops of {len(names)} tracks (frames {cfg.train_frames}, step "
-        f"{cfg.train_step}); {len(held.pids)} held-out crops of {len(set(held.pids))} tracks; "
-        f"{time.monotonic() - t0:.0f} s")
+        f"{cfg.train_step}); {len(held.pids)} held-out crops of {len(set(held.pids))} tracks")
     net, dim, name = build_net(cfg.arch, len(names))
     enc = ReIDEncoder(net, dim, name, (cfg.height, cfg.width))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True)
