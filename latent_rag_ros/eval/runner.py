@@ -251,7 +251,7 @@ def embed_stage(run: _Run) -> None:
     for kind, path in parse_reid_list(run.plan.reid_names):
         if kind == cfg.models.reid and path == own:   # the primary backbone itself
             continue
-        net = build_reid(cfg, run.device, kind=kind, path=path)
+        net = build_reid(cfg, run.device, kind=kind, path=path or "")   # no path: the kind's own weights
         run.backbones.append(Backbone(f"{getattr(net, 'name', kind)}" + (f"@{Path(path).name}" if path else ""),
                                       net, measure.reid_source(kind, path)))
     t = time.perf_counter()
