@@ -92,6 +92,24 @@ def _lifecycle(probe: Probe, node: str, transition: int | None = None) -> str | 
     return fut.result().current_state.label if transition is None else fut.result().success
 
 
+def _becomes(probe: Probe, node: str, state: str, timeout: float) -> None:
+    """Ask ``node`` its state again and again until it is ``state``: after a SIGKILL, DDS still lists the
+    dead process's get_state service for a while, and a request that went only to it never gets an answer."""
+    end = time.monotonic() + timeout
+    client = probe.node.create_client(GetState, f"{node}/get_state")
+    while time.monotonic() < end:
+        if client.service_is_ready():
+            fut = client.call_async(GetState.Request())
+            stop = time.monotonic() + 5
+            while not fut.done() and time.monotonic() < stop:
+                time.sleep(0.05)
+            if fut.done() and fut.result().current_state.label == state:
+                return
+            client.remove_pending_request(fut)
+        time.sleep(0.5)
+    raise AssertionError(f"{node} not {state} after {timeout:.0f} s")
+
+
 def _assert_clean_stop(run: LaunchRun, expected: list[str]) -> None:
     pids = run.pids()
     assert sorted(pids) == sorted(expected), run.output[-3000:]
@@ -139,7 +157,7 @@ def test_protect_launch_runs_the_graph_and_stops_on_ctrl_c(store_setup) -> None:
         old = run.pids()["egress_node"]
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: run.pids()["egress_node"] != old, 120, "egress_node respawned by launch")
-        wait_for(lambda: _lifecycle(probe, "/robot_a/egress_node") == "active", 120, "respawned egress active")
+        _becomes(probe, "/robot_a/egress_node", "active", 120)
         assert any("[DEBUG]" in line for line in run.lines if line.startswith("[protector_node")), "log_level:=debug"
         _assert_clean_stop(run, NODES)
     finally:

@@ -224,3 +224,45 @@ def test_failed_configure_is_reported_and_the_node_stays_unconfigured(tmp_path: 
     fatal = [line for line in text.splitlines() if "fatal" in line.lower()]
     assert proc.returncode == 1 and len(fatal) == 1 and str(store_path) in fatal[0], text
     assert "Traceback" not in text and "serving" not in text, text
+
+
+def test_frames_lost_while_the_next_node_is_down_are_counted(tmp_path: Path) -> None:
+    """Issue 13: crop messages the detector sends while no protector is subscribed (down, restarting or
+    inactive) are lost; they are counted as ``frames_unheard`` (the protector counts protected crops
+    nobody took, ``crops_unheard``, the same way). Then a subscriber appears and what it gets is not counted."""
+    cfg = write_params(tmp_path / "p.yaml", {"ros": {"status_period_s": 0.3}, "detector": {"max_crops": 1}})
+    graph = Graph()
+    probe = Probe("unheard_probe")
+    try:
+        graph.start(["detector_node"], str(cfg))
+        diags = probe.collect(DiagnosticArray, "/diagnostics")
+        cam = probe.node.create_publisher(Image, f"{NS}/image_raw", RELIABLE)
+        wait_for(lambda: cam.get_subscription_count() == 1, 120, "detector active")
+        frames = vtest_frames([400, 440, 480])
+
+        def count(key: str) -> int:
+            return int(_status(diags, "detector_node").get(key, 0))
+
+        k = 0
+        while count("frames_out") < 2:         # nobody subscribes to crops: every message is lost
+            cam.publish(_frame(frames[k % 3], f"alone-{k}"))
+            k += 1
+            assert k < 600 and not graph.failed(), graph.failed()
+            time.sleep(0.5)
+        wait_for(lambda: count("frames_out") == count("frames_unheard"), 30, "unheard counted")
+        assert count("frames_unheard") >= 2
+        alone = count("frames_out")
+        got = probe.collect(PersonCrops, f"{NS}/crops", RELIABLE)   # "the protector is back"
+        wait_for(lambda: probe.node.count_publishers(f"{NS}/crops") == 1, 60, "crops publisher matched")
+        while len(got) < 2:
+            cam.publish(_frame(frames[k % 3], f"heard-{k}"))
+            k += 1
+            assert k < 1200 and not graph.failed(), graph.failed()
+            time.sleep(0.5)
+        n = len(got)
+        wait_for(lambda: count("frames_out") >= alone + n, 30, "status caught up")
+        assert all(c.header.frame_id.startswith("heard-") for c in got)
+        assert count("frames_unheard") <= count("frames_out") - len(got)   # what arrived was not counted lost
+    finally:
+        graph.stop()
+        probe.close()

@@ -49,7 +49,7 @@ from latent_rag_ros.nodes.images import (  # noqa: F401 - re-exported: the nodes
 _PARAM_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                 float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
 _ROLES = {"DetectorNode": "detector_node", "ProtectorNode": "protector_node", "EgressNode": "egress_node",
-          "StoreNode": "store_node"}
+          "StoreNode": "store_node", "RelayNode": "relay_node"}
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:

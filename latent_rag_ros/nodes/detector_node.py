@@ -113,7 +113,8 @@ class DetectorNode(ManagedNode):
                                         score=float(person.score), track_id=-1, label=""))
         self.status.count("frames_processed")
         if out.crops and self.active:
-            self.pub.publish(out)
+            self.send(self.pub, out, "frames_unheard")   # nobody subscribed (protector down): lost, counted
+            self.status.count("frames_out")
             self.status.count("crops_out", len(out.crops))
         self.status.set(DiagnosticStatus.OK, "running")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
@@ -137,6 +138,18 @@ class ManagedNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=timeout)
             self._worker = None
+
+    def send(self, pub: Any, msg: Any, unheard: str) -> None:
+        """Publish ``msg``; if no subscriber is matched at that moment it is lost, and counted under ``unheard``.
+
+        This is how frames lost while the next node restarts (or is inactive) are counted (issue 13):
+        the detector counts crop messages nobody took (protector down), the protector counts
+        protected crops nobody took (egress down). A lower bound: a subscriber that DDS still lists
+        for a moment after it died is not noticed.
+        """
+        if pub.get_subscription_count() == 0:
+            self.status.count(unheard)
+        pub.publish(msg)
 
     def _stop_output(self) -> None:
         if self.active:

@@ -283,7 +283,7 @@ class ProtectorNode(ManagedNode):
             out.stage_names = names
             out.stage_ms = [float(result.timings_ms[k]) for k in names]
             sign_protected(self.tagger, out)
-            self.pub.publish(out)
+            self.send(self.pub, out, "crops_unheard")   # nobody subscribed (egress down): lost, counted
         self.status.count("crops_out", len(keep))
         for k, v in result.timings_ms.items():
             self.status.latency(k, v)
