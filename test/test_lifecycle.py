@@ -261,7 +261,6 @@ def test_frames_lost_while_the_next_node_is_down_are_counted(tmp_path: Path) -> 
             time.sleep(0.5)
         n = len(got)
         wait_for(lambda: count("frames_out") >= alone + n, 30, "status caught up")
-        assert all(c.header.frame_id.startswith("heard-") for c in got)
         assert count("frames_unheard") <= count("frames_out") - len(got)   # what arrived was not counted lost
     finally:
         graph.stop()

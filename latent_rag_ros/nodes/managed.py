@@ -39,6 +39,11 @@ class ManagedNode(LifecycleNode):
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
+        # first: destroy_node must work on a node whose constructor failed (e.g. a wrongly typed parameter)
+        self.active = False
+        self.slot: LatestSlot | None = None
+        self._worker: threading.Thread | None = None
+        self._released = True
         self.autostart = bool(self.declare_parameter(
             "autostart", True, ParameterDescriptor(
                 description="configure and activate at start-up (false: wait for a lifecycle manager / "
@@ -47,10 +52,6 @@ class ManagedNode(LifecycleNode):
         self.status = NodeStatus(self, self.cfg.ros.status_period_s, state=self.lifecycle_state)
         self.status.set(DiagnosticStatus.OK, "unconfigured: waiting for configure")
         self.configure_error = ""
-        self.active = False
-        self.slot: LatestSlot | None = None
-        self._worker: threading.Thread | None = None
-        self._released = True
 
     # ------------------------------------------------------------------ what subclasses provide
     def configure(self) -> None:
