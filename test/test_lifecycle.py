@@ -265,3 +265,12 @@ def test_frames_lost_while_the_next_node_is_down_are_counted(tmp_path: Path) -> 
     finally:
         graph.stop()
         probe.close()
+
+
+def test_run_cli_takes_no_autostart() -> None:
+    """`latent-rag run --no-autostart` reaches the graph runner (which passes ``-p autostart:=false``)."""
+    from latent_rag_ros.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run"]).autostart is True
+    assert parser.parse_args(["run", "--no-autostart"]).autostart is False
