@@ -274,3 +274,82 @@ def test_run_cli_takes_no_autostart() -> None:
     parser = build_parser()
     assert parser.parse_args(["run"]).autostart is True
     assert parser.parse_args(["run", "--no-autostart"]).autostart is False
+
+
+def test_protector_lifecycle_through_change_state(tmp_path: Path) -> None:
+    """The protector (random-weight generator, real re-ID, a real store behind the sealed link) driven by
+    ChangeState: no output and no crop subscription before activate, protected crops after, none of the
+    crops sent while unconfigured, inactive or deactivated ever come out."""
+    import torch
+    from sensor_msgs.msg import RegionOfInterest
+
+    from latent_rag_ros.config import load_config
+    from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+    from latent_rag_ros.msg import PersonCrop
+    from latent_rag_ros.nodes.graph import provision_local_keys
+    from latent_rag_ros.people import crop_people
+
+    params = {"models": {"generator": "random", "latent_encoder": "random"},
+              "protector": {"m": 2, "steps": 1, "batch_size": 2, "device": "cpu"},
+              "store": {"path": str(tmp_path / "store")}, "link": {"keys_dir": str(tmp_path / "keys")},
+              "ros": {"service_timeout_s": 10.0, "status_period_s": 0.5}}
+    cfg_file = write_params(tmp_path / "p.yaml", params)
+    cfg = load_config(cfg_file)
+    provision_local_keys(str(cfg_file))
+    with torch.no_grad():
+        models = build_models(cfg, "cpu", with_encoder=False)
+    g, rng = models.generator, np.random.default_rng(0)
+    with open_store(cfg.store.path, create=True, dim=models.reid.dim, num_ws=g.num_ws, w_dim=g.w_dim,
+                    built_with=store_identity(models)) as store:
+        store.add(rng.normal(size=(8, models.reid.dim)).astype(np.float32),
+                  rng.normal(size=(8, g.num_ws, g.w_dim)).astype(np.float32))
+    person = crop_people(build_detector(cfg), vtest_frames([200])[0], cfg.detector)[0]
+
+    def batch(mark: int) -> PersonCrops:
+        x0, y0, x1, y1 = person.box
+        return PersonCrops(crops=[PersonCrop(image=bgr_to_image(person.crop), track_id=mark, box=RegionOfInterest(
+            x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0))])
+
+    store_graph, graph = Graph(), Graph()
+    probe = Probe("protector_lifecycle_probe")
+    try:
+        store_graph.start(["store_node"], str(cfg_file))
+        graph.start(["protector_node"], str(cfg_file), autostart=False)
+        out = probe.collect(ProtectedCrop, f"{NS}/protected", RELIABLE)
+        diags = probe.collect(DiagnosticArray, "/diagnostics")
+        pub = probe.node.create_publisher(PersonCrops, f"{NS}/crops", RELIABLE)
+        prot = Managed(probe, f"{NS}/protector_node")
+        assert prot.get() == "unconfigured" and probe.node.count_publishers(f"{NS}/protected") == 0
+        pub.publish(batch(-1))
+        assert prot.set("configure") and prot.get() == "inactive"      # models load and warm up here
+        wait_for(lambda: probe.node.count_publishers(f"{NS}/protected") == 1
+                 and _status(diags, "protector_node").get("model_loaded") == "True", 60, "configured")
+        assert pub.get_subscription_count() == 0
+        pub.publish(batch(-2))
+        assert prot.set("activate")
+        wait_for(lambda: pub.get_subscription_count() == 1, 60, "crop subscription")
+        k = 0
+        while not out:
+            pub.publish(batch(100 + k))
+            k += 1
+            assert k < 300 and not graph.failed(), graph.failed()
+            time.sleep(1.0)
+        assert prot.set("deactivate") and prot.get() == "inactive"
+        wait_for(lambda: pub.get_subscription_count() == 0, 60, "crop subscription withdrawn")
+        pub.publish(batch(-3))
+        assert prot.set("activate")
+        wait_for(lambda: pub.get_subscription_count() == 1, 60, "crop subscription again")
+        while not any(m.track_id >= 1000 for m in list(out)):
+            pub.publish(batch(1000 + k))
+            k += 1
+            assert k < 600 and not graph.failed(), graph.failed()
+            time.sleep(1.0)
+        wait_for(lambda: _status(diags, "protector_node").get("lifecycle_state") == "active", 30, "diagnostics")
+    finally:
+        codes = {**graph.stop(), **store_graph.stop()}
+        probe.close()
+    marks = [m.track_id for m in out]
+    assert all(t >= 100 for t in marks), marks                      # nothing sent while not active came out
+    first_new = next(i for i, t in enumerate(marks) if t >= 1000)
+    assert all(t >= 1000 for t in marks[first_new:]), marks
+    assert all(c == 0 for c in codes.values()), codes
