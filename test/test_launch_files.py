@@ -56,7 +56,10 @@ def _load(path: Path, monkeypatch: pytest.MonkeyPatch) -> list:
     spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.generate_launch_description().args[0]
+    try:
+        return mod.generate_launch_description().args[0]
+    finally:   # bound to the stand-ins: never leave it for another test to import
+        sys.modules.pop("latent_rag_ros.nodes.launch_parts", None)
 
 
 def _installed_executables() -> set[str]:
