@@ -92,7 +92,15 @@ class ManagedNode(LifecycleNode):
         if ret != SUCCESS:
             return ret
         self.active = True
-        self.activate()
+        try:
+            self.activate()
+        except Exception as exc:  # noqa: BLE001 - back to inactive with the reason, nothing half-started
+            self.configure_error = f"activate failed: {exc}"
+            self._stop_output()
+            self.status.set(DiagnosticStatus.ERROR, self.configure_error)
+            if not self.autostart:
+                self.get_logger().error(self.configure_error)
+            return FAILURE
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -122,7 +130,7 @@ class ManagedNode(LifecycleNode):
         if self.trigger_configure() != SUCCESS:
             return self.configure_error or "configure failed"
         if self.trigger_activate() != SUCCESS:
-            return "activate failed"
+            return self.configure_error or "activate failed"
         return ""
 
     # ------------------------------------------------------------------ helpers
@@ -145,8 +153,9 @@ class ManagedNode(LifecycleNode):
 
         This is how frames lost while the next node restarts (or is inactive) are counted (issue 13):
         the detector counts crop messages nobody took (protector down), the protector counts
-        protected crops nobody took (egress down). A lower bound: a subscriber that DDS still lists
-        for a moment after it died is not noticed.
+        protected crops nobody took (egress down). A lower bound: after a crash DDS lists the dead
+        subscriber until its participant lease ends (~20 s with Fast DDS defaults, measured), and what
+        is sent in that window is not noticed; a clean stop or a deactivate is noticed at once.
         """
         if pub.get_subscription_count() == 0:
             self.status.count(unheard)
