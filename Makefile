@@ -15,10 +15,14 @@ setup:
 
 # Python 3.10 (ROS 2 Humble) compatibility of the package's own code, checked statically.
 VERMIN := $(VENV)/bin/vermin -q -t=3.10- --violations --eval-annotations --no-tips latent_rag_ros launch
+# Import layers and no cycles (contracts in pyproject.toml [tool.importlinter]; docs/design.md "Layers").
+# Run from the repository root so the source tree is what is analysed.
+LINT_IMPORTS := cd $(CURDIR) && $(VENV)/bin/lint-imports --no-cache
 
 test: setup
 	$(VENV)/bin/ruff check latent_rag_ros test launch tools
 	$(VERMIN)
+	$(LINT_IMPORTS)
 	cd test && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
 demo: setup
@@ -27,6 +31,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check latent_rag_ros test launch tools
 	$(VERMIN)
+	$(LINT_IMPORTS)
 
 clean:
 	rm -rf build .cmake-configure.log demo_out

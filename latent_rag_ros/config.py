@@ -4,12 +4,22 @@ Defaults live here and only here (they follow the paper where it gives a value).
 ``config/`` are ROS 2 parameter files: every node reads the ``/**: ros__parameters`` block, whose
 nested keys map onto these dataclasses (``protector.m`` is ``ProtectorConfig.m``). The CLI reads
 the same files with :func:`load_config`.
+
+Why one module of ~600 lines: the schema, its validation, the ROS parameter descriptors generated
+from it and the registry names (REID_KINDS, DETECTOR_KINDS) and topic defaults are one fact each;
+split, they would drift apart again (issue #12). It sits in the bottom layer and imports no other
+module of the package.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import inspect
 import math
+import os
+import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -181,14 +191,15 @@ class Config:
         return d
 
 
-_SPECIAL_PATHS = {"demo", "random", "projection", "deepsort_mobilenetv2", "bagtricks", "agw", "torchreid"}
+# Registry names (the factories: models/reid.py REID_FACTORIES, models/detectors.py DETECTOR_FACTORIES).
+REID_KINDS = ("deepsort_mobilenetv2", "bagtricks", "agw", "torchreid")
+DETECTOR_KINDS = ("hog", "onnx")
+_SPECIAL_PATHS = {"demo", "random", "projection", *REID_KINDS}
 PATH_KEYS = ("models.generator", "models.latent_encoder", "models.reid_path", "detector.path", "store.path")
 
 
 def user_data_dir() -> Path:
     """Where the package keeps user data such as the demo store: ``$ROS_HOME/latent_rag_ros`` (ROS_HOME: ~/.ros)."""
-    import os
-
     return Path(os.environ.get("ROS_HOME") or Path.home() / ".ros").expanduser() / "latent_rag_ros"
 
 
@@ -218,11 +229,11 @@ _CHOICES: dict[str, set[str]] = {
     "protector.fast_reid": {"off", "folded"},
     "protector.dtype": {"float32", "float16", "bfloat16"},
     "store.backend": {"auto", "faiss", "milvus"},
-    "detector.kind": {"hog", "onnx"},
+    "detector.kind": set(DETECTOR_KINDS),
     "ros.camera_qos.reliability": {"reliable", "best_effort"},
     "ros.output_qos.reliability": {"reliable", "best_effort"},
     "ros.camera_transport": {"raw", "compressed"},
-    "models.reid": {"deepsort_mobilenetv2", "bagtricks", "agw", "torchreid"},
+    "models.reid": set(REID_KINDS),
 }
 
 
@@ -277,6 +288,16 @@ def ros_name(name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     return f"{ns}/{name}"
 
 
+# Topic defaults outside the node graph, kept here beside RosConfig so that every tool agrees.
+_ROS_DEFAULTS = RosConfig()
+CAMERA_TOPIC = ros_name(_ROS_DEFAULTS.camera_topic)          # the graph's camera input (default namespace)
+CROPS_TOPIC = ros_name(_ROS_DEFAULTS.crops_topic)            # detector -> protector (default namespace)
+EGRESS_TOPIC = ros_name(_ROS_DEFAULTS.egress_topic)          # protected crops leaving the robot
+RETRIEVE_SERVICE = ros_name(_ROS_DEFAULTS.retrieve_service)  # the trusted store's RetrieveLatents
+BAG_CAMERA_TOPIC = "/camera/image_raw"   # camera topic of the bags ``latent-rag make-bag`` writes
+LABEL_TOPIC = "/latent_rag/labels"       # evaluation labels recorded beside a bag's frames (robot-internal)
+
+
 # ---- ROS parameter schema (descriptors are generated from the dataclasses above) -------------------
 
 # Which keys each node declares (prefixes end with "."); a key no node claims is declared by all.
@@ -329,9 +350,6 @@ class ParamSpec:
 
 def _field_comments(cls: type) -> dict[str, str]:
     """Trailing ``# comments`` of a dataclass's field lines (the schema's per-key documentation)."""
-    import inspect
-    import re
-
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
@@ -382,8 +400,6 @@ def parameter_specs(cfg: Config | None = None) -> dict[str, ParamSpec]:
 
 def apply_runtime(cfg: Config, changes: dict[str, Any]) -> str:
     """Apply run-time parameter changes to ``cfg`` in place if all are allowed and valid; else the reason."""
-    import copy
-
     bad = [k for k in changes if k not in RUNTIME_KEYS]
     if bad:
         return f"{', '.join(bad)}: read-only, restart the node to change it"
@@ -521,7 +537,6 @@ def default_config_path() -> Path | None:
         candidates.append(Path(get_package_share_directory("latent_rag_ros")) / "config" / "latent_rag.yaml")
     except (ImportError, LookupError, OSError):  # no ament index outside ROS, or package not indexed
         pass
-    import sys
 
     candidates.append(Path(sys.prefix) / "share" / "latent_rag_ros" / "config" / "latent_rag.yaml")
     for c in candidates:
@@ -543,8 +558,6 @@ def use_fastdds_profile(env: dict[str, str] | None = None) -> dict[str, str]:
     Without it, best-effort frames larger than the 0.5 MB default shared-memory segment travel as
     UDP fragments and are lost whole when one fragment drops (measured: 0-4 of 10 768x576 frames).
     """
-    import os
-
     env = os.environ if env is None else env
     rmw = env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     if rmw.startswith("rmw_fastrtps") and not (env.get("FASTDDS_DEFAULT_PROFILES_FILE")

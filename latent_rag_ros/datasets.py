@@ -31,6 +31,10 @@ Supported layouts (``open_source`` detects them):
   :func:`latent_rag_ros.eval.bags.make_bag`, crops are cut at the labelled boxes (or, with a
   detector, detected boxes take the pid of the labelled box they overlap); otherwise detector
   crops or, with no detector, whole frames.
+
+Why one module of ~530 lines: each reader is short, and they share the Sample type, the
+crop/label matching and :func:`needs_detector` (the one source/detector rule); a split would
+spread that one rule over several files.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+from scipy.io import loadmat
+
+from latent_rag_ros.bagio import LABEL_TOPIC, read_images, read_labels
+from latent_rag_ros.config import DetectorConfig
+from latent_rag_ros.people import crop_people
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv")
@@ -267,8 +276,6 @@ def list_cuhk03(root: str | Path, split: str | None) -> list[Entry]:
     mat = root / f"cuhk03_new_protocol_config_{kind}.mat"
     js = root / f"splits_new_{kind}.json"
     if split is not None and mat.is_file():
-        from scipy.io import loadmat
-
         try:
             cfg = loadmat(str(mat))
             filelist = [str(np.asarray(f).ravel()[0]) for f in cfg["filelist"].ravel()]
@@ -358,11 +365,7 @@ def _detect_crops(frame: np.ndarray, detector: Detector, stem: str, index: int, 
                   min_score: float, labels: dict[str, Any] | None = None, min_height: float = 0.0,
                   max_crops: int = 1 << 30) -> Iterator[Sample]:
     """Crops of the people ``detector`` finds, filtered and padded like the nodes do (people.crop_people)."""
-    from types import SimpleNamespace
-
-    from latent_rag_ros.people import crop_people
-
-    rules = SimpleNamespace(min_score=min_score, min_height=min_height, max_crops=max_crops, pad=pad)
+    rules = DetectorConfig(min_score=min_score, min_height=min_height, max_crops=max_crops, pad=pad)  # type: ignore[arg-type]
     for b, person in enumerate(crop_people(detector, frame, rules)):
         box = np.asarray(person.box, dtype=np.float64)
         pid, camid = _match_label(box, labels) if labels else (None, None)
@@ -450,8 +453,6 @@ def read_bag(path: str | Path, detector: Detector | None = None, topic: str | No
 
     With a detector, detected boxes take the pid of the labelled box they overlap (IoU >= 0.5).
     """
-    from latent_rag_ros.eval.bags import LABEL_TOPIC, read_images, read_labels
-
     p = Path(path)
     labels = read_labels(p, LABEL_TOPIC)
     stem = p.name
@@ -497,6 +498,19 @@ def source_kind(path: str | Path) -> str:
         raise DatasetError(f"{p}: not found")
     raise DatasetError(f"{p}: unknown source (expected a dataset folder, a video {VIDEO_SUFFIXES} "
                        f"or a rosbag2)")
+
+
+DETECTED_KINDS = ("video", "bag")
+
+
+def needs_detector(path: str | Path) -> bool:
+    """The one source/detector rule: videos and bags hold whole frames, so people are cut out of them
+    with the configured person detector; crop folders and data set layouts are crops already.
+
+    (A labelled bag without a detector falls back to its labelled boxes, but every command gives
+    bags the detector so that protecting, storing and evaluating a bag see the same crops.)
+    """
+    return source_kind(path) in DETECTED_KINDS
 
 
 def open_source(path: str | Path, detector: Detector | None = None, split: str | None = None,

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from latent_rag_ros.config import DetectorConfig
+
 
 @dataclass
 class Person:
@@ -17,7 +19,7 @@ class Person:
     score: float
 
 
-def crop_people(detector: Any, frame: np.ndarray, cfg: Any) -> list[Person]:
+def crop_people(detector: Any, frame: np.ndarray, cfg: DetectorConfig) -> list[Person]:
     """Detect people, drop small or weak boxes, pad, clip to the frame and crop (best scores first).
 
     ``cfg`` carries ``min_score``, ``min_height``, ``max_crops`` and ``pad`` (DetectorConfig).

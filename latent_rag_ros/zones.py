@@ -14,6 +14,8 @@ import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from latent_rag_ros.config import default_config_path
+
 INTERNAL = "internal"
 EGRESS = "egress"
 TRUSTED_LINK = "trusted_link"
@@ -55,8 +57,6 @@ def zone_of(node: str) -> str:
 
 def profile_path(name: str) -> Path | None:
     """A packaged Fast DDS profile (``config/<name>``) in the installed share/ folder or the source tree."""
-    from latent_rag_ros.config import default_config_path
-
     cfg = default_config_path()
     path = cfg.parent / name if cfg else None
     return path if path is not None and path.is_file() else None

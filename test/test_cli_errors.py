@@ -86,3 +86,23 @@ def test_demo_store_lives_in_the_user_data_folder(tmp_path: Path, monkeypatch: p
     assert demo_store_path() == tmp_path / "roshome" / "latent_rag_ros" / "stores" / "demo"
     pkg = Path(__file__).resolve().parent.parent / "latent_rag_ros"
     assert not list(pkg.rglob("manifest.json")), "a store ships inside the package"
+
+
+def test_missing_package_of_a_subcommand_is_one_line_naming_it(tmp_path: Path) -> None:
+    """No subcommand vanishes when its package is missing: `--help` lists it, running it names the package.
+
+    pymilvus is pinned and installed here; the child process hides it (``sys.modules[...] = None``, how
+    Python itself spells "not importable") because a machine without it cannot be made in a test.
+    """
+    code = ("import sys; sys.modules['pymilvus'] = None; from latent_rag_ros.cli import main; "
+            f"sys.exit(main(['store', 'stats', {str(tmp_path / 'people.db')!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    err = res.stderr.strip()
+    assert res.returncode == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "'pymilvus'" in err and "pip install" in err, err
+    helped = subprocess.run([sys.executable, "-c", "import sys; sys.modules['pymilvus'] = None; "
+                             "from latent_rag_ros.cli import main; main(['--help'])"],
+                            capture_output=True, text=True, timeout=300)
+    for command in ("build-store", "store", "eval", "make-bag", "train", "keys", "bench"):
+        assert command in helped.stdout, helped.stdout

@@ -39,7 +39,7 @@ def annotated_frames() -> list[tuple[np.ndarray, list[dict]]]:
     """The fixture's frames of vtest.avi (read sequentially, as annotated) with their people."""
     spec = json.loads(FIXTURE.read_text())
     if not Path(spec["video"]).exists():
-        pytest.skip(f"{spec['video']} missing (Debian package opencv-doc)")
+        pytest.fail(f"{spec['video']} missing: tools/setup.sh installs it (Debian opencv-doc): run make setup")
     wanted = {int(k): v for k, v in spec["frames"].items()}
     cap = cv2.VideoCapture(spec["video"])
     out, idx = [], 0

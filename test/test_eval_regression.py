@@ -50,19 +50,19 @@ def _crops() -> tuple[list[np.ndarray], list[str], list[int], list[np.ndarray], 
 def test_demo_protection_regression(tmp_path: Path) -> None:
     import torch
 
+    from latent_rag_ros.cli.demo import DEMO_PROTECTOR
     from latent_rag_ros.config import load_config
     from latent_rag_ros.core.protector import Protector
     from latent_rag_ros.datasets import Sample, read_video_frames
-    from latent_rag_ros.demo import DEMO_PROTECTOR
     from latent_rag_ros.eval.metrics import cosine_distmat, different_people, evaluate_rank, image_similarity
     from latent_rag_ros.eval.runner import embed_published, published
-    from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+    from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.build import build_store
 
     if not VTEST.is_file():
-        pytest.skip("vtest.avi (Debian opencv-doc) is not installed")
+        pytest.fail("vtest.avi missing: tools/setup.sh installs it (Debian opencv-doc): run make setup")
     torch.manual_seed(0)
     cfg = load_config(None, {**DEMO_PROTECTOR, "models.generator": "demo", "models.latent_encoder": "demo",
                              "protector.device": "cpu", "protector.seed": 0})
@@ -74,7 +74,7 @@ def test_demo_protection_regression(tmp_path: Path) -> None:
                    for j, p in enumerate(crop_people(det, fr, cfg.detector))]
     with torch.no_grad():
         build_store(store_crops, tmp_path / "store", models.reid, models.latent_encoder,
-                    built_with=store_identity(models), progress=False)
+                    built_with=model_fingerprint(models), progress=False)
     q, qp, qc, g, gp, gc = _crops()
     assert len(q) == 16
     store = open_store(str(tmp_path / "store"))

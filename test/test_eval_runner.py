@@ -84,7 +84,7 @@ def _cli(argv: list[str]) -> int:
         return main(argv)
     import argparse
 
-    from latent_rag_ros.eval.cli import register
+    from latent_rag_ros.cli.eval import register
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,8 +104,8 @@ def test_eval_cli_full_report(market: Path, tmp_path: Path) -> None:
     from latent_rag_ros.config import load_config
     from latent_rag_ros.datasets import list_split, load_entries
     from latent_rag_ros.eval.metrics import cosine_distmat, evaluate_rank
-    from latent_rag_ros.eval.report import sha256_of
     from latent_rag_ros.eval.runner import embed_crops
+    from latent_rag_ros.fileio import sha256_file
     from latent_rag_ros.models.factory import build_reid
     from latent_rag_ros.models.reid import deepsort_weights_path
 
@@ -165,7 +165,7 @@ def test_eval_cli_full_report(market: Path, tmp_path: Path) -> None:
     assert len(bbs) == 2
     first, second = (none["utility"]["backbones"][k] for k in bbs)
     assert first["mAP"] == pytest.approx(second["mAP"]) and first["rank1"] == pytest.approx(second["rank1"])
-    assert rep["models"][f"reid:{list(bbs)[1]}"]["sha256"] == sha256_of(weights_copy)
+    assert rep["models"][f"reid:{list(bbs)[1]}"]["sha256"] == sha256_file(weights_copy)
 
     # sweeps (Fig. 7 shape), config and model provenance, timings
     assert [r["value"] for r in rep["sweeps"]["m"]] == [1, 2] and [r["value"] for r in rep["sweeps"]["T"]] == [0, 1]

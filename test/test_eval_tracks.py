@@ -29,7 +29,7 @@ def detections() -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
     from latent_rag_ros.people import crop_people
 
     if not VTEST.is_file():
-        pytest.skip("vtest.avi (Debian opencv-doc) is not installed")
+        pytest.fail("vtest.avi missing: tools/setup.sh installs it (Debian opencv-doc): run make setup")
     cfg = load_config(None, {})
     det = build_detector(cfg)
     frames, boxes, crops = [], [], []

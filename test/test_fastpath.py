@@ -196,7 +196,7 @@ def test_fast_loop_on_cuda_equals_eager(gen) -> None:
 
 
 def test_bench_generator_names_map_to_official_configs() -> None:
-    from latent_rag_ros.bench import generator_spec
+    from latent_rag_ros.cli.bench import generator_spec
 
     t = generator_spec("sg3t-256")
     assert (t["img_resolution"], t["square"], t["channel_base"], t["channel_max"]) == (256, True, 16384, 512)

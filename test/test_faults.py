@@ -26,7 +26,7 @@ from sensor_msgs.msg import RegionOfInterest
 from latent_rag_ros.config import load_config, ros_name
 from latent_rag_ros.datasets import Sample
 from latent_rag_ros.eval.bags import BagRecorder, read_protected
-from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.egress_node import egress_problem
@@ -117,7 +117,7 @@ def fault_setup(tmp_path_factory: pytest.TempPathFactory):
             samples.append(Sample(image=p.crop, name=f"vtest#f{i}_b{j}", frame=i))
     with torch.no_grad():
         build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=store_identity(models), progress=False)
+                    built_with=model_fingerprint(models), progress=False)
     # the camera side of the stream: real person crops of later frames, as the detector publishes them
     crops = []
     for frame in vtest_frames([420, 460, 500]):

@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image
 
 from latent_rag_ros.config import load_config
 from latent_rag_ros.datasets import Sample
-from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
 from latent_rag_ros.msg import ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.graph import provision_local_keys
@@ -66,7 +66,7 @@ def store_setup(tmp_path_factory: pytest.TempPathFactory):
     assert len(samples) >= 4, "HOG found too few people in vtest.avi to build a store"
     with torch.no_grad():
         build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=store_identity(models), progress=False)
+                    built_with=model_fingerprint(models), progress=False)
     return tmp, cfg_file, cfg, models.reid.dim
 
 

@@ -33,7 +33,7 @@ import torch
 
 from latent_rag_ros.config import load_config
 from latent_rag_ros.datasets import Sample
-from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store.build import build_store
 
@@ -181,7 +181,7 @@ def _build_store(cfg_file: Path) -> None:
     assert len(samples) >= 6, "HOG found too few people in vtest.avi to build a store"
     with torch.no_grad():
         build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=store_identity(models), progress=False)
+                    built_with=model_fingerprint(models), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -118,3 +118,14 @@ def test_cli_protect_a_folder_and_a_video_without_ros(tmp_path: Path) -> None:
     out2 = tmp_path / "out2"
     assert cli_main(["protect", "--input", str(vid), "--out", str(out2), "--store", str(store), *sets]) == 0
     assert len(json.loads((out2 / "index.json").read_text())["items"]) >= 1
+    # a bag folder holds whole frames too: the detector cuts people out of it (datasets.needs_detector;
+    # before issue #12 a bag got no detector and whole 768x576 frames were "protected")
+    from latent_rag_ros.eval.bags import make_bag
+
+    bag = tmp_path / "clip_bag"
+    make_bag(list(vtest_frames([300, 301])), bag)
+    out3 = tmp_path / "out3"
+    assert cli_main(["protect", "--input", str(bag), "--out", str(out3), "--store", str(store), *sets]) == 0
+    items = json.loads((out3 / "index.json").read_text())["items"]
+    assert items and all("_b" in item["source"] for item in items), items
+    assert all(cv2.imread(str(out3 / item["file"])).shape[:2] != (576, 768) for item in items)

@@ -15,7 +15,7 @@ import torch
 from sensor_msgs.msg import RegionOfInterest
 
 from latent_rag_ros.config import load_config, ros_name
-from latent_rag_ros.models.factory import build_models, store_identity
+from latent_rag_ros.models.factory import build_models, model_fingerprint
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.graph import Graph, provision_local_keys
@@ -38,7 +38,7 @@ def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
         ws = g.mapping(torch.randn(12, g.z_dim)).numpy()
     vecs = np.random.default_rng(0).normal(size=(12, models.reid.dim)).astype(np.float32)
     store = open_store(cfg.store.path, create=True, dim=models.reid.dim, num_ws=g.num_ws, w_dim=g.w_dim,
-                       built_with=store_identity(models))
+                       built_with=model_fingerprint(models))
     store.add(vecs / np.linalg.norm(vecs, axis=1, keepdims=True), ws)
     store.close()
     provision_local_keys(str(cfg_file))   # the local store's robot + admin link keys

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latent_rag_ros.cli.store import register
 from latent_rag_ros.store.audit import (
     AccessMonitor,
     AuditError,
@@ -23,7 +24,6 @@ from latent_rag_ros.store.audit import (
     show_audit,
     verify_audit,
 )
-from latent_rag_ros.store.cli import register
 from latent_rag_ros.store.faiss_store import FaissStore
 
 

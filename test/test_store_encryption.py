@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latent_rag_ros.cli.store import register
 from latent_rag_ros.store import StoreError, open_store
-from latent_rag_ros.store.cli import register
 from latent_rag_ros.store.crypto import generate_key_file
 from latent_rag_ros.store.faiss_store import FaissStore
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from store_crash_writer import DIM, C, L, entry
 
+from latent_rag_ros.cli.store import register
 from latent_rag_ros.store import open_store
-from latent_rag_ros.store.cli import register
 from latent_rag_ros.store.faiss_store import FaissStore
 
 WRITER = Path(__file__).with_name("store_crash_writer.py")

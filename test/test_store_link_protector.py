@@ -32,7 +32,7 @@ def test_protector_without_key_publishes_nothing_then_retrieves_through_the_rela
     from sensor_msgs.msg import RegionOfInterest
 
     from latent_rag_ros.config import load_config
-    from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+    from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
     from latent_rag_ros.nodes.common import bgr_to_image
     from latent_rag_ros.people import crop_people
@@ -51,7 +51,7 @@ def test_protector_without_key_publishes_nothing_then_retrieves_through_the_rela
     g = models.generator
     rng = np.random.default_rng(0)
     with open_store(cfg.store.path, create=True, dim=models.reid.dim, num_ws=g.num_ws, w_dim=g.w_dim,
-                    built_with=store_identity(models)) as store:
+                    built_with=model_fingerprint(models)) as store:
         store.add(rng.normal(size=(8, models.reid.dim)).astype(np.float32),
                   rng.normal(size=(8, g.num_ws, g.w_dim)).astype(np.float32))
     new_key(tmp_path / "keys", "admin", "admin")            # the store has keys, the robot has none yet

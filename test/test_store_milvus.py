@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import milvus_lite  # noqa: F401 - pinned in requirements.txt: a missing one fails, never skips
 import numpy as np
+import pymilvus  # noqa: F401
 import pytest
-
-pytest.importorskip("pymilvus")
-pytest.importorskip("milvus_lite")
 
 from latent_rag_ros.core.retrieval import retrieve
 from latent_rag_ros.store import StoreMismatchError, StoreNotFoundError, open_store

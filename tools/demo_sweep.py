@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latent_rag_ros.cli.demo import VTEST
 from latent_rag_ros.config import default_config_path, load_config
 from latent_rag_ros.core.protector import Protector
 from latent_rag_ros.datasets import Sample, read_video_frames
-from latent_rag_ros.demo import VTEST
 from latent_rag_ros.eval.metrics import different_people, image_similarity
 from latent_rag_ros.eval.runner import embed_crops
-from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store import open_store
 from latent_rag_ros.store.build import build_store
@@ -61,7 +61,7 @@ def main() -> int:
         gallery = [Sample(image=p.crop, name=f"f{i}_{j}", frame=i) for i in range(0, 480, 8)
                    for j, p in enumerate(crop_people(detector, frames[i], cfg.detector))]
         with torch.no_grad():
-            build_store(gallery, args.store, models.reid, models.latent_encoder, built_with=store_identity(models),
+            build_store(gallery, args.store, models.reid, models.latent_encoder, built_with=model_fingerprint(models),
                         progress=False)
     store = open_store(args.store, read_only=True)
     qcfg = replace(cfg.detector, max_crops=4)

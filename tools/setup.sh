@@ -58,6 +58,12 @@ if [ ! -f build/CMakeCache.txt ]; then
 fi
 cmake --build build -j2 >/dev/null
 cmake --install build >/dev/null
+# A module moved or deleted in the source must not linger in the installed copy (install only adds).
+SITE_PKG="$("$V/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/latent_rag_ros"
+if [ -d "$SITE_PKG" ]; then
+  (cd "$SITE_PKG" && find . -name '*.py' -not -path './msg/*' -not -path './srv/*' -not -path './interfaces/*') \
+    | while read -r f; do [ -f "$ROOT/latent_rag_ros/$f" ] || { rm -f "$SITE_PKG/$f"; log "removed stale $f"; }; done
+fi
 
 # 4. composition_interfaces for the real `launch_ros` (tests run the launch files with it). Its sources
 #    are vendored beside the clone (../shared/vendor/ros2-launch, unmodified upstream, Apache-2.0),

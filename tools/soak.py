@@ -62,7 +62,7 @@ def _build_store(cfg_file: Path) -> None:
 
     from latent_rag_ros.config import load_config
     from latent_rag_ros.datasets import Sample
-    from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+    from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
     from latent_rag_ros.store.build import build_store
 
@@ -74,7 +74,7 @@ def _build_store(cfg_file: Path) -> None:
                for j, p in enumerate(crop_people(det, fr, cfg.detector))]
     with torch.no_grad():
         build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=store_identity(models), progress=False)
+                    built_with=model_fingerprint(models), progress=False)
 
 
 def _plot(rows: list[dict], lat_rows: list[dict], path: Path) -> None:

@@ -25,21 +25,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from latent_rag_ros.config import ProtectorConfig
 from latent_rag_ros.core.imaging import from_generator
 
-
-@dataclass
-class StepOptions:
-    """Options of eq. 8; defaults are the paper's (T=10, coarse 0..2 at 0.001, fine at 0.01)."""
-
-    steps: int = 10
-    coarse_layers: int = 3
-    coarse_step: float = 0.001
-    fine_step: float = 0.01
-    momentum: float = 0.0            # MI-FGSM decay (authors' code option); 0 = I-FGSM
-    schedule: str = "simultaneous"   # "alternating": even steps coarse, odd fine; "authors": see module doc
-    use_div_loss: bool = True
-    use_id_loss: bool = True
+# Options of eq. 8 are the protector section of the config (its defaults are the paper's: T=10,
+# coarse 0..2 at 0.001, fine at 0.01); the loops read steps, coarse_layers, coarse_step, fine_step,
+# momentum, schedule, use_div_loss and use_id_loss from it.
+StepOptions = ProtectorConfig
 
 
 SCHEDULES = ("simultaneous", "alternating", "authors")

@@ -107,9 +107,7 @@ class Protector:
     @property
     def step_options(self) -> StepOptions:
         """The generation options of the current config."""
-        c = self.cfg
-        return StepOptions(c.steps, c.coarse_layers, c.coarse_step, c.fine_step, c.momentum, c.schedule,
-                           c.use_div_loss, c.use_id_loss)
+        return self.cfg
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:

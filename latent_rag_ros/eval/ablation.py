@@ -21,6 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from latent_rag_ros.core.augment import inverse_self_attention
+from latent_rag_ros.core.generation import identity_aligned_generation, render
+from latent_rag_ros.core.imaging import tensor_to_bgr
+from latent_rag_ros.core.protector import Protector, merge_results
+from latent_rag_ros.core.retrieval import Retrieved, retrieve
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -34,10 +41,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 def protect_variant(name: str, models: Any, pcfg: Any, crops: Sequence[np.ndarray], store: Any,
                     device: Any) -> list[np.ndarray]:
     """Protected BGR crops (crop size) of one Table IV variant."""
-    from latent_rag_ros.core.imaging import tensor_to_bgr
-    from latent_rag_ros.core.protector import Protector, merge_results
-    from latent_rag_ros.core.retrieval import Retrieved
-
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}; expected one of {sorted(ABLATIONS)}")
     prot = Protector(models.generator, models.reid, dataclasses.replace(pcfg, **ABLATIONS[name]), device)
@@ -75,8 +78,6 @@ def run_ablations(models: Any, pcfg: Any, crops: Sequence[np.ndarray], store: An
 
 def _flops(fn: Callable[[], Any]) -> tuple[int, float]:
     """(FLOPs counted by torch.utils.flop_counter, seconds) of one call."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         t = time.perf_counter()
         fn()
@@ -90,11 +91,6 @@ def _params(net: Any) -> int | None:
 
 def stage_costs(models: Any, pcfg: Any, crop: np.ndarray, store: Any, device: Any) -> list[dict[str, Any]]:
     """Table V for one crop: per stage, the network, its parameters, FLOPs and seconds (CPU/GPU as given)."""
-    from latent_rag_ros.core.augment import inverse_self_attention
-    from latent_rag_ros.core.generation import identity_aligned_generation, render
-    from latent_rag_ros.core.protector import Protector
-    from latent_rag_ros.core.retrieval import retrieve
-
     prot = Protector(models.generator, models.reid, pcfg, device)
     x = prot.prepare([crop])
     f = prot.identity([crop])

@@ -10,7 +10,7 @@ import numpy as np
 
 
 def _plt() -> Any:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy and only needed when figures are written
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

@@ -23,10 +23,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from latent_rag_ros.core.imaging import bgr_to_tensor, tensor_to_bgr
 from latent_rag_ros.eval.metrics import image_similarity
@@ -247,8 +249,6 @@ def train_recovery(protected: Sequence[np.ndarray], original: Sequence[np.ndarra
     cursor = 0
     steps = range(cfg.steps)
     if progress:
-        from tqdm import tqdm
-
         steps = tqdm(steps, desc=f"recovery {cfg.model}", unit="step", leave=False, disable=None)
     net.train()
     for _ in steps:
@@ -311,8 +311,6 @@ def recovery_attack(train_protected: Sequence[np.ndarray], train_original: Seque
 
 def _to_sizes(images: Sequence[np.ndarray], like: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Resize each image to the size of its counterpart in ``like`` (bicubic)."""
-    import cv2
-
     return [img if img.shape == o.shape else cv2.resize(img, (o.shape[1], o.shape[0]), interpolation=cv2.INTER_CUBIC)
             for img, o in zip(images, like, strict=True)]
 

@@ -7,7 +7,6 @@ strings back into floats. Everything else is plain JSON (``allow_nan=False`` gua
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -15,19 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from latent_rag_ros.fileio import sha256_file
+
 ABLATION_TITLES = {"full": "Latent-RAG (full)", "no_retrieval": "w/o retrieval (start from E(I))",
                    "no_inverse_attention": "w/o inverse attention (plain mean)", "no_id_loss": "w/o L_id",
                    "no_div_loss": "w/o L_div"}
 METHOD_TITLES = {"none": "–", "blur": "Gaussian Blur", "mosaic": "Mosaic", "latent_rag": "Latent-RAG (ours)"}
-
-
-def sha256_of(path: str | Path) -> str:
-    """Full sha256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_record(path: str | Path | None) -> dict[str, Any]:
@@ -36,7 +28,7 @@ def file_record(path: str | Path | None) -> dict[str, Any]:
         return {"path": None, "sha256": None}
     p = Path(path)
     if p.is_file():
-        return {"path": str(p.resolve()), "sha256": sha256_of(p)}
+        return {"path": str(p.resolve()), "sha256": sha256_file(p)}
     return {"path": str(path), "sha256": None}
 
 

@@ -13,7 +13,6 @@ split into queries, gallery and attacker data: :mod:`latent_rag_ros.eval.sources
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -257,7 +256,7 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     Returns the report dict (floats, inf where infinite).
     """
     from latent_rag_ros.core.protector import Protector, resolve_device
-    from latent_rag_ros.models.factory import build_detector, build_models, build_reid, store_identity
+    from latent_rag_ros.models.factory import build_detector, build_models, build_reid, model_fingerprint
 
     say = log or (lambda msg: print(f"[eval] {msg}", flush=True) if progress else None)
     t_all = time.perf_counter()
@@ -271,9 +270,9 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     if models is None:
         models = build_models(cfg, device, with_encoder=protected_bag is None or ablation)
     detector = getattr(models, "detector", None)
-    from latent_rag_ros.datasets import source_kind
+    from latent_rag_ros.datasets import needs_detector
 
-    if detector is None and source_kind(source) in ("video", "bag"):
+    if detector is None and needs_detector(source):
         detector = build_detector(cfg)   # unlabelled videos and bags get identities from tracks
     data = load_eval_data(source, max_queries, max_gallery, max_attack, protected_bag, detector, cfg.protector.seed,
                           det_cfg=cfg.detector, sheet=out / "tracks.png",
@@ -328,7 +327,7 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
             say(f"building the trusted store from {len(data.g_samples)} gallery crops -> {store_path}")
             with torch.no_grad():
                 build_store(data.g_samples, store_path, models.reid, models.latent_encoder,
-                            batch_size=16, built_with=store_identity(models), progress=progress)
+                            batch_size=16, built_with=model_fingerprint(models), progress=progress)
             wall["store_build"] = time.perf_counter() - t
         store = open_store(str(store_path))
         protector = Protector(models.generator, models.reid, cfg.protector, device)
@@ -499,8 +498,3 @@ def run_eval(cfg: Any, source: str | Path, out_dir: str | Path, models: Any = No
     write_markdown(report, out / "report.md")
     say(f"report: {out / 'report.md'}")
     return report
-
-
-def finite_or_none(v: Any) -> float | None:
-    """A float if finite, else None (helper for callers printing summaries)."""
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None

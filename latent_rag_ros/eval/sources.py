@@ -23,7 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+
+from latent_rag_ros.bagio import read_images, read_labels, read_protected
+from latent_rag_ros.config import DetectorConfig
+from latent_rag_ros.datasets import (
+    DETECTED_KINDS,
+    DatasetError,
+    Sample,
+    _match_label,
+    crop,
+    list_split,
+    load_entries,
+    open_source,
+    read_video_frames,
+    source_kind,
+)
+from latent_rag_ros.eval.tracks import TrackerConfig, contact_sheet, track, track_samples
+from latent_rag_ros.people import crop_people
 
 
 @dataclass
@@ -71,8 +89,6 @@ def _spread(items: list[Any], n: int | None) -> list[Any]:
 
 def _benchmark_data(path: str, kind: str, max_queries: int | None, max_gallery: int | None,
                     max_attack: int | None, seed: int) -> EvalData:
-    from latent_rag_ros.datasets import DatasetError, list_split, load_entries
-
     q_entries = _spread(list_split(path, "query"), max_queries)
     g_entries = list_split(path, "gallery")
     if max_gallery is not None and max_gallery < len(g_entries):
@@ -106,8 +122,6 @@ def _group_of(sample: Any) -> str:
 def _unsplit_data(path: str, kind: str, samples: list[Any], max_queries: int | None,
                   max_attack: int | None, seed: int) -> EvalData:
     if not samples:
-        from latent_rag_ros.datasets import DatasetError
-
         raise DatasetError(f"{path}: no person crops found")
     labelled = [s for s in samples if s.pid is not None]
     notes: list[str] = []
@@ -145,13 +159,7 @@ def _track_labels(frames: list[tuple[int, np.ndarray]], detector: Any, det_cfg: 
     ``det_cfg`` (DetectorConfig-like: min_score, min_height, max_crops, pad) filters boxes as the
     nodes do, so the graph's boxes meet the same boxes here. Returns (labels, identities).
     """
-    from types import SimpleNamespace
-
-    from latent_rag_ros.datasets import Sample
-    from latent_rag_ros.eval.tracks import TrackerConfig, contact_sheet, track, track_samples
-    from latent_rag_ros.people import crop_people
-
-    rules = det_cfg or SimpleNamespace(min_score=0.0, min_height=48, max_crops=8, pad=0.05)
+    rules = det_cfg or DetectorConfig()
     samples = []
     for pos, (_index, frame) in enumerate(frames):   # track over positions: gaps count processed frames
         for b, person in enumerate(crop_people(detector, frame, rules)):
@@ -185,11 +193,6 @@ def _protected_bag_data(path: str, protected_bag: str, max_queries: int | None,
     crops of the bag form the gallery (time segments as cameras). Labelled crops with a match in
     another segment alternate between queries and attacker pairs; the rest train the attacker.
     """
-    import cv2
-
-    from latent_rag_ros.datasets import _match_label, crop
-    from latent_rag_ros.eval.bags import read_images, read_labels, read_protected
-
     records = read_protected(protected_bag)
     if not records:
         raise ValueError(f"{protected_bag}: no protected crops")
@@ -281,24 +284,15 @@ def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries
     act as cameras, the middle crop of each (person, third) with the person seen in another third is
     a query, and the other labelled crops are the raw gallery (and the attacker's training data).
     """
-    from types import SimpleNamespace
-
-    from latent_rag_ros.datasets import DatasetError, Sample, crop, read_video_frames
-    from latent_rag_ros.people import crop_people
-
     if detector is None:
         raise ValueError(f"{path}: an unlabelled {kind} needs a person detector (detector.kind)")
     if kind == "video":
-        import cv2
-
         cap = cv2.VideoCapture(path)
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         cap.release()
         step = max(1, -(-total // max_frames)) if total > 0 else 1
         frames = list(read_video_frames(path, frame_step=step))
     else:
-        from latent_rag_ros.eval.bags import read_images
-
         frames = [(k, f) for k, (_t, _s, f) in enumerate(read_images(path))]
         if len(frames) > max_frames:
             frames = _spread(frames, max_frames)
@@ -306,7 +300,7 @@ def _tracked_data(path: str, kind: str, detector: Any, det_cfg: Any, max_queries
         raise DatasetError(f"{path}: {len(frames)} frames; an unlabelled {kind} needs at least 4 "
                            "(half build the trusted store, half are evaluated)")
     n_store = max(1, int(len(frames) * store_fraction)) if store_fraction > 0 else 0
-    rules = det_cfg or SimpleNamespace(min_score=0.0, min_height=48, max_crops=8, pad=0.05)
+    rules = det_cfg or DetectorConfig()
     store = [Sample(p.crop, f"{Path(path).name}#f{i:06d}_b{b}", None, None, i)
              for i, f in frames[:n_store] for b, p in enumerate(crop_people(detector, f, rules))]
     if not store and n_store:
@@ -356,8 +350,6 @@ def load_eval_data(source: str | Path, max_queries: int | None = None, max_galle
     tracks when identities come from tracking; ``store_fraction``: the share of an unlabelled video or
     bag that builds the trusted store (0 when a store is given: everything is evaluated).
     """
-    from latent_rag_ros.datasets import open_source, source_kind
-
     path = str(source)
     kind = source_kind(path)
     if protected_bag is not None:
@@ -367,9 +359,7 @@ def load_eval_data(source: str | Path, max_queries: int | None = None, max_galle
                                    sheet)
     if kind in ("market", "msmt17", "cuhk03"):
         return _benchmark_data(path, kind, max_queries, max_gallery, max_attack, seed)
-    if kind in ("video", "bag"):
-        from latent_rag_ros.eval.bags import read_labels
-
+    if kind in DETECTED_KINDS:
         if kind == "video" or not read_labels(path):
             return _tracked_data(path, kind, detector, det_cfg, max_queries, max_attack, seed, sheet,
                                  store_fraction=store_fraction)

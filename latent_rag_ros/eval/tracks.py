@@ -22,6 +22,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 
 @dataclass
@@ -82,8 +83,6 @@ def track(frames: Sequence[int], boxes: Sequence[Sequence[float]], crops: Sequen
 
     Returns the kept tracks, numbered 0.. in order of their first frame.
     """
-    from scipy.optimize import linear_sum_assignment
-
     cfg = cfg or TrackerConfig()
     if not (len(frames) == len(boxes) == len(crops)):
         raise ValueError(f"track: {len(frames)} frames, {len(boxes)} boxes, {len(crops)} crops (must be equal)")

@@ -7,11 +7,14 @@ Every detector takes an OpenCV frame (``numpy uint8 HxWx3 BGR``) and returns
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from latent_rag_ros.config import DETECTOR_KINDS, DetectorConfig
 from latent_rag_ros.models.safe_load import ModelFileError, require_file
 
 Detections = tuple[np.ndarray, np.ndarray]
@@ -151,7 +154,7 @@ def letterbox(frame_bgr: np.ndarray, size: tuple[int, int], pad_value: int = 114
 
 def _ort_errors() -> tuple[type[BaseException], ...]:
     """onnxruntime's own exception classes (not RuntimeError subclasses) plus the generic ones."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as st
+    from onnxruntime.capi import onnxruntime_pybind11_state as st  # lazy: onnxruntime, only for ONNX detectors
 
     names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
              "RuntimeException", "NotImplemented", "ModelLoaded", "EngineError", "EPFail")
@@ -179,7 +182,7 @@ class OnnxYoloDetector:
         layout: str = "auto",
         providers: list[str] | None = None,
     ) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: onnxruntime, only for ONNX detectors
 
         expected = "a YOLO ONNX model (.onnx)"
         p = require_file(path, expected)
@@ -251,15 +254,40 @@ class OnnxYoloDetector:
         return boxes, scores
 
 
+@dataclass(frozen=True)
+class DetectorKind:
+    """A registry entry: how to build the detector, whether it needs a model file, its config options."""
+
+    build: Callable[..., PersonDetector]
+    needs_file: bool
+    options: Callable[[DetectorConfig], dict[str, Any]]
+
+
+# The detector registry (torchreid ``init_model`` style): name -> entry. Its names are the schema's
+# DETECTOR_KINDS (config.py validates ``detector.kind``); a kind added here must be added there.
+DETECTOR_FACTORIES: dict[str, DetectorKind] = {
+    "hog": DetectorKind(HogDetector, False, lambda d: {"upscale": d.upscale, "min_score": d.min_score}),
+    "onnx": DetectorKind(OnnxYoloDetector, True, lambda d: {"conf": d.min_score}),
+}
+_ALIASES = {"yolo": "onnx", "onnx_yolo": "onnx"}
+if tuple(DETECTOR_FACTORIES) != DETECTOR_KINDS:
+    raise RuntimeError(f"detector registry {tuple(DETECTOR_FACTORIES)} differs from config.DETECTOR_KINDS")
+
+
 def load_detector(kind: str, path: str | os.PathLike | None = None, **params: Any) -> PersonDetector:
-    """Build a person detector by name: ``"hog"`` (no file) or ``"onnx"``/``"yolo"`` (needs ``path``)."""
-    k = kind.lower()
-    if k == "hog":
-        if path is not None:
-            raise ValueError("the HOG detector is built into OpenCV and takes no model file")
-        return HogDetector(**params)
-    if k in ("onnx", "yolo", "onnx_yolo"):
-        if path is None:
-            raise ValueError(f"detector {kind!r} needs a model path (a YOLO .onnx export)")
-        return OnnxYoloDetector(path, **params)
-    raise ValueError(f"unknown detector kind {kind!r} (hog, onnx)")
+    """Build a person detector by registry name: ``"hog"`` (no file) or ``"onnx"``/``"yolo"`` (needs ``path``)."""
+    k = _ALIASES.get(kind.lower(), kind.lower())
+    entry = DETECTOR_FACTORIES.get(k)
+    if entry is None:
+        raise ValueError(f"unknown detector kind {kind!r} ({', '.join(DETECTOR_FACTORIES)})")
+    if entry.needs_file and path is None:
+        raise ValueError(f"detector {kind!r} needs a model path (a YOLO .onnx export)")
+    if not entry.needs_file and path is not None:
+        raise ValueError(f"the {k} detector is built into OpenCV and takes no model file")
+    return entry.build(path, **params) if entry.needs_file else entry.build(**params)
+
+
+def detector_from_config(d: DetectorConfig, path: str | os.PathLike | None) -> PersonDetector:
+    """The detector of a ``detector:`` config section (``path`` already resolved; ignored without a file)."""
+    entry = DETECTOR_FACTORIES[d.kind]
+    return load_detector(d.kind, path if entry.needs_file else None, **entry.options(d))

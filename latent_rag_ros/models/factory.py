@@ -7,7 +7,6 @@ and smoke runs. Everything else is a user file loaded by the safe loaders of thi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,13 @@ from typing import Any
 import torch
 
 from latent_rag_ros.config import Config
+from latent_rag_ros.fileio import file_digest
+from latent_rag_ros.models import generator_io
+from latent_rag_ros.models.detectors import detector_from_config
+from latent_rag_ros.models.e4e import build_e4e, load_e4e
+from latent_rag_ros.models.projection import ProjectionEncoder
+from latent_rag_ros.models.reid import load_reid
+from latent_rag_ros.models.stylegan3 import load_generator
 
 LOG = logging.getLogger(__name__)
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -31,14 +37,6 @@ class Models:
     detector: Any | None
     sources: dict[str, str]
     random_weights: list[str]
-
-
-def file_digest(path: str | Path, limit: int = 1 << 30) -> str:
-    """Short sha256 of a file (first ``limit`` bytes), used to tie a store to its models."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        h.update(fh.read(limit))
-    return h.hexdigest()[:16]
 
 
 def random_generator_kwargs(cfg: Config) -> dict[str, Any]:
@@ -59,9 +57,6 @@ def _demo_file(name: str) -> Path | None:
 
 def build_generator(cfg: Config, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str, bool]:
     """Generator named by ``cfg.models.generator``; returns (module, source description, random?)."""
-    from latent_rag_ros.models import generator_io
-    from latent_rag_ros.models.stylegan3 import load_generator
-
     spec = cfg.models.generator
     if spec == "demo":
         demo = _demo_file("generator.safetensors")
@@ -82,15 +77,13 @@ def build_reid(
     cfg: Config, device: str | torch.device = "cpu", kind: str | None = None, path: str | None = None
 ) -> torch.nn.Module:
     """Re-ID encoder of ``cfg.models.reid`` (or ``kind``/``path`` for extra backbones)."""
-    from latent_rag_ros.models.reid import load_reid
-
     kind = kind or cfg.models.reid
     path = path if path is not None else cfg.models.reid_path
     size = (cfg.models.reid_input_height, cfg.models.reid_input_width)
     return load_reid(kind, cfg.resolve_path(path) if path else None, device=device, input_size=size).eval()
 
 
-def reid_identity(cfg: Config) -> str:
+def reid_fingerprint(cfg: Config) -> str:
     """``kind:builtin`` or ``kind:path#digest``: what a store records as its re-ID model."""
     if not cfg.models.reid_path:
         return f"{cfg.models.reid}:builtin"
@@ -107,24 +100,17 @@ def build_latent_encoder(
     if spec == "demo":
         demo = _demo_file("encoder.pt")
         if demo is not None:
-            from latent_rag_ros.models.e4e import load_e4e
-
             return load_e4e(demo, num_ws=generator.num_ws, device=device), f"demo:encoder#{file_digest(demo)}", False
         LOG.warning("demo encoder weights are not installed: using a RANDOM-WEIGHT latent encoder")
         spec = "random"
     if spec == "random":
-        from latent_rag_ros.models.e4e import build_e4e
-
         torch.manual_seed(cfg.models.random_seed + 1)
         # a narrow 4-unit IR-SE encoder starting from the generator's average latent, as E4E does
         enc = build_e4e(num_ws=generator.num_ws, input_size=size, width_mult=0.25, num_layers=(1, 1, 1, 1),
                         w_dim=generator.w_dim, latent_avg=generator.w_avg.detach().cpu())
         return enc.to(device).eval(), "random:e4e-small", True
     if spec == "projection":
-        from latent_rag_ros.models.projection import ProjectionEncoder
-
         return ProjectionEncoder(generator, steps=cfg.models.projection_steps), "projection", False
-    from latent_rag_ros.models.e4e import load_e4e
 
     path = cfg.resolve_path(spec)
     return load_e4e(path, num_ws=generator.num_ws, device=device), f"{path}#{file_digest(path)}", False
@@ -132,12 +118,8 @@ def build_latent_encoder(
 
 def build_detector(cfg: Config) -> Any:
     """Person detector of ``cfg.detector``."""
-    from latent_rag_ros.models.detectors import load_detector
-
     d = cfg.detector
-    if d.kind == "hog":
-        return load_detector("hog", upscale=d.upscale, min_score=d.min_score)
-    return load_detector("onnx", cfg.resolve_path(d.path), conf=d.min_score)
+    return detector_from_config(d, cfg.resolve_path(d.path) if d.path else None)
 
 
 def build_models(
@@ -146,7 +128,7 @@ def build_models(
     """Every model the config names, with a record of their sources and which are random."""
     gen, gsrc, grand = build_generator(cfg, device)
     reid = build_reid(cfg, device)
-    sources = {"generator": gsrc, "reid": reid_identity(cfg)}
+    sources = {"generator": gsrc, "reid": reid_fingerprint(cfg)}
     random_weights = ["generator"] if grand else []
     enc = None
     if with_encoder:
@@ -160,6 +142,10 @@ def build_models(
     return Models(gen, reid, enc, det, sources, random_weights)
 
 
-def store_identity(models: Models) -> dict[str, str]:
-    """What a store built with these models records (``built_with``)."""
+def model_fingerprint(models: Models) -> dict[str, str]:
+    """The model fingerprint a store built with these models records (its ``built_with``).
+
+    Vocabulary (docs/design.md): *identity* is the re-ID vector f of a person; a *fingerprint* names
+    the model weights (``source#sha256-prefix``) a store or index was built with.
+    """
     return {k: v for k, v in models.sources.items() if k in ("generator", "latent_encoder", "reid")}

@@ -8,10 +8,8 @@ into that format; ``build_generator`` constructs a random-weight network of eith
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from latent_rag_ros.fileio import atomic_write, sha256_file
 from latent_rag_ros.models import nvlabs_pickle
 from latent_rag_ros.models.safe_load import ModelFileError, load_json, load_safetensors, require_file
 from latent_rag_ros.models.stylegan2 import Generator as StyleGAN2Generator
@@ -161,21 +160,6 @@ def own_format_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a model file should read like any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_generator(
     model: nn.Module, out_path: str | os.PathLike, source: dict[str, Any] | None = None
 ) -> tuple[Path, Path]:
@@ -189,20 +173,12 @@ def save_generator(
     spec["weights_file"] = st_path.name
     if source:
         spec["source"] = source
-    _atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT_NAME,
+    atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT_NAME,
                                                                          "family": spec["family"]}))
-    spec["weights_sha256"] = _sha256(st_path)
+    spec["weights_sha256"] = sha256_file(st_path)
     text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
-    _atomic_write(js_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(js_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return st_path, js_path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_own_format(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -266,7 +242,7 @@ def convert_snapshot(src_pkl: str | os.PathLike, out_path: str | os.PathLike) ->
     """Convert an NVlabs snapshot's ``G_ema`` to ``OUT.safetensors`` + ``OUT.json``."""
     src = Path(src_pkl).expanduser()
     model = load_nvlabs_generator(src, "cpu")
-    source = {"kind": "nvlabs_pickle", "file": src.name, "sha256": _sha256(src), "network": "G_ema",
+    source = {"kind": "nvlabs_pickle", "file": src.name, "sha256": sha256_file(src), "network": "G_ema",
               "module": getattr(model, "source_module", "unknown")}
     return save_generator(model, out_path, source=source)
 

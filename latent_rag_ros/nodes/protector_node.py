@@ -79,7 +79,7 @@ class ProtectorNode(ManagedNode):
         device = resolve_device(self.cfg.protector.device)
         models = build_models(self.cfg, device, with_encoder=False)
         self.random_weights = models.random_weights
-        self.sources = dict(models.sources)   # model identities the store must have been built for
+        self.sources = dict(models.sources)   # model fingerprints the store must have been built for
         self.protector = Protector(models.generator, models.reid, self.cfg.protector, device)
         self.model_name = getattr(models.reid, "name", self.cfg.models.reid)
         self._warm_up()

@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from latent_rag_ros.config import ros_name
+from latent_rag_ros.config import CAMERA_TOPIC, CROPS_TOPIC, EGRESS_TOPIC
 from latent_rag_ros.msg import ProtectedCrop
 from latent_rag_ros.zones import INTERNAL, apply_zone
 
@@ -42,15 +42,15 @@ def _camera_messages(bag: str, topic: str | None) -> tuple[str, str, list[tuple[
 def replay_bag(
     bag_in: str,
     bag_out: str,
-    camera_topic: str = ros_name("image_raw"),
-    egress_topic: str = "/reid/protected",
+    camera_topic: str = CAMERA_TOPIC,
+    egress_topic: str = EGRESS_TOPIC,
     source_topic: str | None = None,
     rate: float = 1.0,
     storage: str = "sqlite3",
     discovery_timeout: float = 20.0,
     drain_s: float = 10.0,
     max_wait_s: float = 600.0,
-    wait_subscribed: tuple[str, ...] = (ros_name("crops"),),
+    wait_subscribed: tuple[str, ...] = (CROPS_TOPIC,),
     first_wait_s: float = 120.0,
 ) -> dict[str, float]:
     """Publish the bag's frames at ``rate`` x recorded speed; record what arrives on ``egress_topic``.
@@ -63,7 +63,7 @@ def replay_bag(
     loaded). After the last frame it waits up to ``first_wait_s`` for the first output, then until
     nothing new arrived for ``drain_s`` s (at most ``max_wait_s`` in all).
     """
-    from latent_rag_ros.eval.bags import BagRecorder
+    from latent_rag_ros.bagio import BagRecorder
 
     src_topic, src_type, frames = _camera_messages(bag_in, source_topic)
     compressed = src_type.endswith("CompressedImage")

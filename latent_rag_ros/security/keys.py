@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latent_rag_ros.fileio import atomic_write_text
+
 ROLES = ("robot", "admin")
 FORMAT = "latent-rag-key/1"
 SECRET_BYTES = 32
@@ -84,18 +86,7 @@ def _now() -> str:
 def _write_private(path: Path, data: dict) -> None:
     """Atomically write ``data`` as JSON to a 0600 file in a 0700 directory."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n", mode=0o600)  # the temporary file is 0600 too
 
 
 def new_key(keys_dir: str | os.PathLike | None, key_id: str, role: str, replace: bool = False) -> Key:

@@ -21,6 +21,8 @@ from latent_rag_ros.store.base import (
     VectorStore,
     check_expected,
 )
+from latent_rag_ros.store.faiss_store import DB_NAME, LEGACY_MANIFEST, FaissStore
+from latent_rag_ros.store.milvus_store import MilvusStore
 
 LOG = logging.getLogger(__name__)
 _MILVUS_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
@@ -62,13 +64,9 @@ def open_store(
     """
     kind = resolve_backend(path_or_uri, backend)
     if kind == "milvus":
-        from latent_rag_ros.store.milvus_store import MilvusStore
-
         store: VectorStore = MilvusStore.open(str(path_or_uri), create=create, dim=dim, num_ws=num_ws,
                                               w_dim=w_dim, built_with=built_with, **opts)
     else:
-        from latent_rag_ros.store.faiss_store import DB_NAME, LEGACY_MANIFEST, FaissStore
-
         root = Path(path_or_uri).expanduser()
         if (root / DB_NAME).exists() or (root / LEGACY_MANIFEST).exists() or not create:
             opts.pop("latent_dtype", None)

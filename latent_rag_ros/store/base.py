@@ -65,7 +65,7 @@ class VectorStore(abc.ABC):
     @property
     @abc.abstractmethod
     def built_with(self) -> dict[str, str]:
-        """Identity of the models the store was built with (generator, reid, latent_encoder)."""
+        """Model fingerprint the store was built with (generator, reid, latent_encoder sources + digests)."""
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -148,7 +148,7 @@ class VectorStore(abc.ABC):
                                   "retention needs the embedded (FAISS/SQLite) store")
 
     def info(self) -> dict[str, Any]:
-        """Shape and model identity: what ``open_store`` compares with the caller's expectations."""
+        """Shape and model fingerprint: what ``open_store`` compares with the caller's expectations."""
         return {"dim": self.dim, "num_ws": self.num_ws, "w_dim": self.w_dim, "built_with": self.built_with}
 
     def __enter__(self) -> VectorStore:
@@ -248,7 +248,7 @@ def check_ids(ids: Any) -> np.ndarray:
 
 
 def same_model(a: str, b: str) -> bool:
-    """Whether two model identities (``source#digest`` or plain names) name the same weights.
+    """Whether two model fingerprints (``source#digest`` or plain names) name the same weights.
 
     When both carry a ``#digest`` only the digests are compared, so a store built on one machine
     accepts the same model file at another path on the trusted server or the robot.

@@ -31,7 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+import torch
+
+from latent_rag_ros.core.imaging import from_generator
+from latent_rag_ros.core.retrieval import retrieve
+from latent_rag_ros.store.crypto import generate_key_file
+from latent_rag_ros.store.faiss_store import FaissStore
 
 
 def clustered_vectors(n: int, dim: int, per_identity: int = 20, spread: float = 1.0,
@@ -105,11 +112,6 @@ def bench_one(n: int, dim: int, queries: int, latent_shape: tuple[int, int], lat
               say: Callable[[str], None] = print, data_model: str = "structured",
               key_file: str | None = None) -> dict[str, Any]:
     """Build a store of ``n`` entries under ``workdir`` (encrypted with ``key_file``), reopen it, time queries."""
-    import faiss
-
-    from latent_rag_ros.core.retrieval import retrieve
-    from latent_rag_ros.store.faiss_store import FaissStore
-
     path = workdir / f"store_{n}"
     if path.exists():
         shutil.rmtree(path)
@@ -189,8 +191,6 @@ def bench_store(
     key_file: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`bench_one` for each size (sizes >= ``big_from`` use ``big_latent_shape``)."""
-    import faiss
-
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="latent_rag_bench_"))
     base.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(),
@@ -206,10 +206,6 @@ def bench_store(
     finally:
         if not keep and not workdir:
             shutil.rmtree(base, ignore_errors=True)
-    try:
-        report["dds_round_trip"] = dds_round_trip(None)
-    except NotImplementedError as exc:
-        report["dds_round_trip"] = f"not measured: {exc}"
     if out:
         Path(out).write_text(json.dumps(report, indent=1))
     return report
@@ -223,10 +219,6 @@ def fp16_identity_cost(generator: Any, reid: Any, n: int = 16, seed: int = 0,
     generates both, embeds both with ``reid`` and reports the codes' error and the identity
     cosine (1.0 = no cost).
     """
-    import torch
-
-    from latent_rag_ros.core.imaging import from_generator
-
     g = torch.Generator().manual_seed(seed)
     dev = next(iter(generator.parameters())).device
     with torch.no_grad():
@@ -246,19 +238,6 @@ def fp16_identity_cost(generator: Any, reid: Any, n: int = 16, seed: int = 0,
     }
 
 
-def dds_round_trip(store_path: str | None, n: int = 100) -> dict[str, Any]:
-    """Service round trip over DDS (m=10 codes of 16x512) through a real store_node process.
-
-    The only place the store layer reaches the ROS layer, and only in this benchmark: it is
-    imported lazily and reported as not measured where rclpy or the built interfaces are missing.
-    """
-    try:
-        from latent_rag_ros.nodes.bench_service import service_round_trip
-    except ImportError as exc:
-        raise NotImplementedError(f"ROS 2 (rclpy and this package's interfaces) not available: {exc}") from None
-    return service_round_trip(store_path, n=n)
-
-
 def bench_encryption(n: int, dim: int = 512, queries: int = 1000, latent_shape: tuple[int, int] = (14, 512),
                      latent_dtype: str = "float16", workdir: str | None = None, rounds: int = 3,
                      say: Callable[[str], None] = print, data_model: str = "structured") -> dict[str, Any]:
@@ -267,12 +246,6 @@ def bench_encryption(n: int, dim: int = 512, queries: int = 1000, latent_shape: 
     Builds one store, copies it and re-keys the copy (AES-256-GCM), then alternates between the two
     for every measurement (open, each query, each retrieval), so a busy machine slows both alike.
     """
-    import faiss
-
-    from latent_rag_ros.core.retrieval import retrieve
-    from latent_rag_ros.store.crypto import generate_key_file
-    from latent_rag_ros.store.faiss_store import FaissStore
-
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="latent_rag_bench_enc_"))
     keydir = Path(tempfile.mkdtemp(prefix="latent_rag_key_"))
     key = str(keydir / "bench.key")

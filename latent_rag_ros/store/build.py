@@ -20,7 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from latent_rag_ros.core.imaging import bgr_to_tensor
 from latent_rag_ros.store import open_store, resolve_backend
 from latent_rag_ros.store.base import StoreError, StoreMismatchError, StoreNotFoundError, VectorStore
 from latent_rag_ros.store.faiss_store import DB_NAME, LEGACY_MANIFEST
@@ -52,7 +54,7 @@ def working_size(latent_encoder: Any, reid: Any) -> tuple[int, int]:
 
 
 def default_built_with(reid: Any, latent_encoder: Any) -> dict[str, str]:
-    """Model identity recorded when the caller gives none: the models' ``name`` attributes."""
+    """Model fingerprint recorded when the caller gives none: the models' ``name`` attributes."""
     return {"reid": str(getattr(reid, "name", type(reid).__name__)),
             "latent_encoder": str(getattr(latent_encoder, "name", type(latent_encoder).__name__))}
 
@@ -98,10 +100,6 @@ def build_store(
     models' names. Model calls run under ``torch.no_grad`` (an optimisation-based encoder enables
     gradients inside its own forward).
     """
-    from tqdm import tqdm
-
-    from latent_rag_ros.core.imaging import bgr_to_tensor
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     built_with = dict(built_with or default_built_with(reid, latent_encoder))

@@ -41,6 +41,10 @@ store/crypto.py, the snapshot format in store/snapshot.py, the index policy in s
 Latent dtype (``latent_dtype``, fixed at creation): ``float32`` (default, exact) or ``float16``
 (half the disk; relative error <= 4.9e-4 per value; the identity cost is measured with
 ``latent-rag bench store --fp16-cost``).
+
+Why one module of ~700 lines: open/recover, add/remove/search, snapshot catch-up and compaction
+all hold the same writer lock and sequence number; the SQLite schema (store/sqlite_db.py), the
+index choice (store/ann.py) and the snapshot format (store/snapshot.py) are already apart.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_rag_ros.fileio import fsync_dir
 from latent_rag_ros.store.ann import IdentityIndex, IndexParams
 from latent_rag_ros.store.base import (
     StoreCorruptError,
@@ -72,7 +77,6 @@ from latent_rag_ros.store.base import (
     to_latent_dtype,
 )
 from latent_rag_ros.store.crypto import SealError, codec_for
-from latent_rag_ros.store.files import fsync_dir
 from latent_rag_ros.store.snapshot import read_snapshot, write_snapshot
 from latent_rag_ros.store.sqlite_db import (
     FORMAT,

@@ -67,7 +67,7 @@ logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_DropLite
 def _client(uri: str, token: str, timeout: float) -> Any:
     with warnings.catch_warnings():  # milvus-lite 2.5 imports the deprecated pkg_resources
         warnings.simplefilter("ignore")
-        from pymilvus import MilvusClient
+        from pymilvus import MilvusClient  # lazy: pymilvus (optional extra), only for a Milvus store
 
         # Milvus Lite starts a server process per .db file and the first connection can race its
         # start on a busy machine (seen once in a full test run); a cluster can drop a connection.
@@ -123,7 +123,7 @@ class MilvusStore(VectorStore):
     @staticmethod
     def _create(client: Any, collection: str, dim: Any, num_ws: Any, w_dim: Any, built_with: dict | None,
                 latent_dtype: str, uri: str, timeout: float, opts: dict[str, Any]) -> None:
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import DataType, MilvusClient  # lazy: pymilvus (optional extra), Milvus only
 
         dim, num_ws, w_dim = check_dims(dim, num_ws, w_dim)
         if latent_dtype not in _DTYPES:

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from latent_rag_ros.fileio import atomic_write_chunks
 from latent_rag_ros.store.crypto import Codec, SealError
-from latent_rag_ros.store.files import atomic_write
 
 MAGIC = b"LRRSNAP1"
 CHUNK = 64 << 20
@@ -47,7 +47,7 @@ def write_snapshot(path: Path, codec: Codec, uuid: str, header: dict[str, Any], 
             yield _LEN.pack(len(sealed))
             yield sealed
 
-    return int(atomic_write(path, chunks())["bytes"])
+    return int(atomic_write_chunks(path, chunks())["bytes"])
 
 
 def read_snapshot(path: Path, codec: Codec, uuid: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:

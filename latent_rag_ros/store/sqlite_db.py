@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_rag_ros.fileio import fsync_dir
 from latent_rag_ros.store.base import StoreCorruptError, StoreError
 from latent_rag_ros.store.crypto import AeadCodec, Codec, PlainCodec, SealError, load_key
 
@@ -51,8 +52,6 @@ def key_check(codec: Codec, uuid: str) -> str:
 
 def create_db(path: Path, meta: dict[str, Any]) -> None:
     """Write a complete empty database at ``path`` atomically (tmp file, fsync, rename)."""
-    from latent_rag_ros.store.files import fsync_dir
-
     tmp = path.with_name(path.name + ".tmp")
     for p in path.parent.glob(path.name + ".tmp*"):
         p.unlink()

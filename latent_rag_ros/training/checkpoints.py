@@ -11,47 +11,19 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from latent_rag_ros.fileio import atomic_write
 from latent_rag_ros.models.safe_load import ModelFileError, torch_load
 
 FORMAT = "latent_rag_ros.train_checkpoint"
 VERSION = 1
 EXPECTED = "a latent_rag_ros training checkpoint (checkpoints/ckpt_NNNNNNNN.pt written by `latent-rag train`)"
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it and rename it over ``path``."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    try:  # make the rename itself durable
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return dest
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from latent_rag_ros.datasets import DatasetError
+from latent_rag_ros.config import load_config
+from latent_rag_ros.core.imaging import bgr_to_tensor
+from latent_rag_ros.datasets import DatasetError, needs_detector, open_source, read_video_frames, source_kind
+from latent_rag_ros.fileio import atomic_write
+from latent_rag_ros.models.factory import build_detector
+from latent_rag_ros.people import crop_people
 
 CROPS_FORMAT = "latent_rag_ros.crops"
 CROPS_EXPECTED = "a crops file (.npz with uint8 'images' [N,H,W,3] RGB, 'names' and 'meta')"
@@ -72,8 +77,6 @@ def _in_range(index: int | None, frames: tuple[int, int | None] | None, step: in
 
 
 def _to_uint8(bgr_crops: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-    from latent_rag_ros.core.imaging import bgr_to_tensor
-
     if not bgr_crops:
         return torch.zeros((0, 3, *size), dtype=torch.uint8)
     out = []
@@ -93,8 +96,6 @@ def collect_crops(
     config when None) and :func:`latent_rag_ros.people.crop_people`; ``frames`` ("START:STOP") and
     ``frame_step`` select frames. Folders and dataset layouts are read as they are (``split``).
     """
-    from latent_rag_ros.datasets import open_source, read_video_frames, source_kind
-
     p = Path(src).expanduser()
     if p.suffix.lower() == ".npz":
         return load_crops(p)
@@ -102,11 +103,7 @@ def collect_crops(
     kind = source_kind(p)
     crops: list[np.ndarray] = []
     names: list[str] = []
-    if kind in ("video", "bag"):
-        from latent_rag_ros.config import load_config
-        from latent_rag_ros.models.factory import build_detector
-        from latent_rag_ros.people import crop_people
-
+    if needs_detector(p):
         cfg = config if config is not None else load_config(None)
         detector = build_detector(cfg)
         stop = None if rng is None else rng[1]
@@ -148,8 +145,6 @@ def collect_crops(
 
 def save_crops(crops: CropSet, path: str | os.PathLike) -> Path:
     """Write a crops file (``.npz``, no pickled objects) atomically."""
-    from latent_rag_ros.training.checkpoints import atomic_write
-
     images = crops.images.permute(0, 2, 3, 1).contiguous().numpy()
     meta = json.dumps({"format": CROPS_FORMAT, **crops.meta})
 

@@ -16,16 +16,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from latent_rag_ros.fileio import atomic_write, file_digest
+from latent_rag_ros.models.e4e import build_e4e, load_e4e, save_e4e
+from latent_rag_ros.models.generator_io import own_format_paths
+from latent_rag_ros.models.reid import load_reid
+from latent_rag_ros.models.stylegan3 import load_generator
 from latent_rag_ros.training import checkpoints as ck
 from latent_rag_ros.training.augment import random_xflip
+from latent_rag_ros.training.configs import EncoderTrainConfig
 from latent_rag_ros.training.data import CropSet
+from latent_rag_ros.training.evaluate import encode_regenerate, image_grid, save_png
 from latent_rag_ros.training.generator import resolve_resume
 from latent_rag_ros.training.losses import delta_norm, reconstruction_loss
 from latent_rag_ros.training.runs import (
@@ -41,40 +48,6 @@ from latent_rag_ros.training.runs import (
 
 LOG = logging.getLogger(__name__)
 KIND = "encoder"
-
-
-@dataclass
-class EncoderTrainConfig:
-    """Settings of an encoder training run (defaults: the demo encoder)."""
-
-    # architecture of a fresh encoder (with ``init`` the checkpoint's architecture is used instead)
-    width: float = 0.25             # IR-SE width multiplier (channels 64,128,256,512 x width, at least 16)
-    blocks: list[int] = field(default_factory=lambda: [1, 2, 2, 1])
-    style_width: int = 64           # conv width of the map2style heads
-    init: str = ""                  # start from this E4E checkpoint (e.g. the generator run's encoder_warm.pt)
-    batch: int = 16
-    steps: int = 1000
-    lr: float = 0.0005
-    l2: float = 1.0
-    l1: float = 1.0
-    ssim: float = 1.0
-    id_weight: float = 0.0          # > 0: identity loss with the re-ID encoder ``reid``
-    reid: str = "deepsort_mobilenetv2"
-    reid_size: list[int] = field(default_factory=lambda: [128, 64])
-    delta_weight: float = 2e-4      # e4e's delta-norm regulariser
-    progressive_every: int = 0      # steps per newly unlocked W+ delta (0: all deltas from the start)
-    xflip: float = 0.5
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 20
-    minutes: float = 0.0
-    threads: int = 0
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot train."""
-        if self.batch < 2 or self.steps < 0 or self.checkpoint_every < 1 or len(self.blocks) != 4:
-            raise ValueError("need batch >= 2, steps >= 0, checkpoint_every >= 1 and four block counts")
 
 
 def progressive_codes(encoder: nn.Module, images01: torch.Tensor, stage: int) -> torch.Tensor:
@@ -98,8 +71,6 @@ def stage_at(cfg: EncoderTrainConfig, step: int, num_ws: int) -> int:
 
 def build_encoder(cfg: EncoderTrainConfig, generator: nn.Module) -> nn.Module:
     """A fresh encoder for ``generator`` (``latent_avg = G.w_avg``) or the ``init`` checkpoint, in train mode."""
-    from latent_rag_ros.models.e4e import build_e4e, load_e4e
-
     size = (int(generator.img_height), int(generator.img_width))
     device = torch.device(cfg.device)
     if cfg.init:
@@ -143,9 +114,6 @@ def encoder_step(encoder: nn.Module, generator: nn.Module, opt: torch.optim.Opti
 
 
 def _generator_digest(path: str | Path) -> str:
-    from latent_rag_ros.models.factory import file_digest
-    from latent_rag_ros.models.generator_io import own_format_paths
-
     p = Path(path)
     st, _ = own_format_paths(p)
     return file_digest(st if st.is_file() else p)
@@ -161,10 +129,6 @@ def train_encoder(
     Outputs in ``out_dir``: ``encoder.pt`` (official E4E layout), ``reconstructions.png``,
     ``train_log.jsonl``, ``train_summary.json``, ``checkpoints/``. Returns the summary dict.
     """
-    from tqdm import tqdm
-
-    from latent_rag_ros.models.stylegan3 import load_generator
-
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,8 +141,6 @@ def train_encoder(
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     reid = None
     if cfg.id_weight > 0:
-        from latent_rag_ros.models.reid import load_reid
-
         reid = load_reid(cfg.reid, device=cfg.device, input_size=tuple(cfg.reid_size)).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     g_digest = _generator_digest(generator_path)
@@ -256,14 +218,11 @@ def train_encoder(
 
 def _save_outputs(enc: nn.Module, G: nn.Module, out: Path, crops: CropSet, step: int, g_digest: str,
                   generator_path: str | Path) -> dict[str, str]:
-    from latent_rag_ros.models.e4e import save_e4e
-    from latent_rag_ros.training.evaluate import encode_regenerate, image_grid, save_png
-
     enc.eval()
     path = out / "encoder.pt"
     extra = {"trained_steps": int(step), "generator_digest": g_digest,
              "generator_file": Path(generator_path).name, "trainer": "latent-rag train encoder"}
-    ck.atomic_write(path, lambda tmp: save_e4e(enc, tmp, extra))
+    atomic_write(path, lambda tmp: save_e4e(enc, tmp, extra))
     real = crops.as_float()[: min(8, len(crops))]
     rec = encode_regenerate(G, enc, real)
     png = save_png(out / "reconstructions.png", image_grid([real, rec]))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from latent_rag_ros.core.imaging import from_generator
+from latent_rag_ros.fileio import atomic_write
 from latent_rag_ros.training.losses import ssim_per_image, ssim_window
 
 
@@ -73,8 +74,6 @@ def image_grid(rows: list[torch.Tensor], pad: int = 2, scale: int = 2) -> np.nda
 
 def save_png(path: str | os.PathLike, bgr: np.ndarray) -> Path:
     """Write a PNG (atomically); returns its path."""
-    from latent_rag_ros.training.checkpoints import atomic_write
-
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise RuntimeError(f"{path}: PNG encoding failed")

@@ -24,17 +24,23 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from latent_rag_ros.fileio import atomic_write
+from latent_rag_ros.models.e4e import build_e4e, save_e4e
+from latent_rag_ros.models.generator_io import build_generator, save_generator
 from latent_rag_ros.training import checkpoints as ck
 from latent_rag_ros.training.augment import diff_augment, parse_policy, random_xflip
+from latent_rag_ros.training.configs import GeneratorTrainConfig
 from latent_rag_ros.training.data import CropSet
 from latent_rag_ros.training.discriminator import ResNetDiscriminator
+from latent_rag_ros.training.evaluate import image_grid, save_png
 from latent_rag_ros.training.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty, reconstruction_loss
 from latent_rag_ros.training.runs import (
     Deadline,
@@ -52,64 +58,6 @@ KIND = "generator"
 
 
 @dataclass
-class GeneratorTrainConfig:
-    """Architecture and optimisation settings of a generator training run (defaults: the demo model)."""
-
-    resolution: int = 64            # image height; width is height / 2 (StyleGAN-Human's square=False)
-    channels: int = 32              # synthesis width (channel_max; channel_base = channels * resolution)
-    num_layers: int = 4             # synthesis layers (num_ws = num_layers + 2)
-    num_critical: int = 2
-    margin_size: int = 4
-    lrelu_upsampling: int = 1       # official default 2; 1 is ~4x cheaper on CPU (less alias-free)
-    z_dim: int = 128
-    w_dim: int = 128
-    mapping_layers: int = 2
-    d_channels: int = 64            # discriminator channel_max (channel_base = 16 * d_channels)
-    batch: int = 16
-    steps: int = 2000
-    g_lr: float = 0.0025            # StyleGAN3-T defaults
-    d_lr: float = 0.002
-    r1_gamma: float = 0.1
-    r1_interval: int = 16
-    ema_kimg: float = 5.0
-    ema_rampup: float = 0.05
-    augment: str = "color,translation,cutout"
-    xflip: float = 0.5              # probability of mirroring each real crop
-    seed: int = 0
-    recon_weight: float = 0.0       # > 0: joint encoder / reconstruction warm-up (see module doc)
-    recon_l2: float = 1.0
-    recon_l1: float = 1.0
-    recon_ssim: float = 1.0
-    e_lr: float = 0.0005
-    e_width: float = 0.25
-    e_blocks: list[int] = field(default_factory=lambda: [1, 2, 2, 1])
-    e_style_width: int = 64
-    checkpoint_every: int = 200
-    log_every: int = 20
-    minutes: float = 0.0            # wall-clock budget of one invocation (0: none)
-    threads: int = 0
-    device: str = "cpu"
-
-    def generator_kwargs(self) -> dict[str, Any]:
-        """Constructor kwargs of the StyleGAN3-T generator (rectangular ``resolution x resolution/2``)."""
-        return {"z_dim": self.z_dim, "c_dim": 0, "w_dim": self.w_dim, "img_resolution": self.resolution,
-                "img_channels": 3, "mapping_kwargs": {"num_layers": self.mapping_layers},
-                "channel_base": self.channels * self.resolution, "channel_max": self.channels,
-                "num_layers": self.num_layers, "num_critical": self.num_critical,
-                "margin_size": self.margin_size, "lrelu_upsampling": self.lrelu_upsampling, "square": False}
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot train."""
-        if self.resolution < 16 or self.resolution & (self.resolution - 1):
-            raise ValueError("resolution must be a power of two >= 16")
-        if self.batch < 2 or self.steps < 0 or self.r1_interval < 1 or self.checkpoint_every < 1:
-            raise ValueError("need batch >= 2, steps >= 0, r1_interval >= 1, checkpoint_every >= 1")
-        if len(self.e_blocks) != 4:
-            raise ValueError("e_blocks needs four IR-SE stage depths")
-        parse_policy(self.augment)
-
-
-@dataclass
 class Networks:
     """Everything a generator run trains (``E``/``opt_e`` only with the reconstruction warm-up)."""
 
@@ -124,9 +72,6 @@ class Networks:
 
 def build_networks(cfg: GeneratorTrainConfig) -> Networks:
     """Fresh G, G_ema, D (and E), seeded by ``cfg.seed``, with StyleGAN's Adam settings."""
-    from latent_rag_ros.models.e4e import build_e4e
-    from latent_rag_ros.models.generator_io import build_generator
-
     device = torch.device(cfg.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -255,10 +200,6 @@ def resolve_resume(out_dir: Path, resume: bool | str | Path) -> Path | None:
 
 def _save_outputs(nets: Networks, cfg: GeneratorTrainConfig, out_dir: Path, crops: CropSet, step: int,
                   total_elapsed: float) -> dict[str, str]:
-    from latent_rag_ros.models.e4e import save_e4e
-    from latent_rag_ros.models.generator_io import save_generator
-    from latent_rag_ros.training.evaluate import image_grid, save_png
-
     source = {"kind": "trained", "trainer": "latent-rag train generator", "steps": int(step),
               "data": crops.meta.get("source", ""), "frames": crops.meta.get("frames", ""),
               "crops": len(crops), "data_fingerprint": crops.fingerprint(), "seed": cfg.seed,
@@ -280,7 +221,7 @@ def _save_outputs(nets: Networks, cfg: GeneratorTrainConfig, out_dir: Path, crop
     files["samples"] = str(save_png(out_dir / "samples.png", image_grid(rows)))
     if nets.E is not None:
         enc_path = out_dir / "encoder_warm.pt"
-        ck.atomic_write(enc_path, lambda tmp: save_e4e(nets.E.eval(), tmp, {"trained_steps": int(step),
+        atomic_write(enc_path, lambda tmp: save_e4e(nets.E.eval(), tmp, {"trained_steps": int(step),
                                                                               "trainer": "generator warm-up"}))
         nets.E.train()
         files["encoder_warm"] = str(enc_path)
@@ -297,8 +238,6 @@ def train_generator(
     ``samples.png``, ``train_log.jsonl``, ``train_summary.json``, ``checkpoints/`` (and
     ``encoder_warm.pt`` with the reconstruction warm-up). Returns the summary dict.
     """
-    from tqdm import tqdm
-
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

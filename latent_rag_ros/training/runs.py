@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from latent_rag_ros.training.checkpoints import atomic_write
+from latent_rag_ros.fileio import atomic_write
 
 RUN_KEYS = frozenset({"steps", "minutes", "checkpoint_every", "log_every", "threads", "device"})
 """Config fields that may change when a run is resumed (they do not change what a step computes)."""

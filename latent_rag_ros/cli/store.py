@@ -8,18 +8,17 @@ without them (``latent_rag_ros.cli`` calls :func:`register`).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
+import tempfile
 import time
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
+from latent_rag_ros.cli.args import add_config_args, config_from_args
 from latent_rag_ros.store.base import StoreError
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="parameter file (default: the package's config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set models.reid=bagtricks (repeatable)")
 
 
 def _print(obj: Any) -> None:
@@ -28,7 +27,7 @@ def _print(obj: Any) -> None:
 
 def _models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(config, models, device) from ``--config``/``--set``."""
-    from latent_rag_ros.cli import config_from_args
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.core.protector import resolve_device
     from latent_rag_ros.models.factory import build_models
 
@@ -41,20 +40,18 @@ def _models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _samples(cfg: Any, source: str, split: str | None, limit: int) -> Any:
-    from itertools import islice
-    from pathlib import Path
-
-    from latent_rag_ros.datasets import open_source, source_kind
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
+    from latent_rag_ros.datasets import needs_detector, open_source
     from latent_rag_ros.models.factory import build_detector
 
-    detector = build_detector(cfg) if Path(source).is_file() or source_kind(source) in ("video", "bag") else None
+    detector = build_detector(cfg) if needs_detector(source) else None
     samples = open_source(source, detector=detector, split=split)
     return list(islice(samples, limit)) if limit else samples
 
 
 def _build(args: argparse.Namespace, out: str, resume: bool, must_exist: bool) -> int:
-    from latent_rag_ros.cli import config_from_args
-    from latent_rag_ros.models.factory import store_identity
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
+    from latent_rag_ros.models.factory import model_fingerprint
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.build import build_store
 
@@ -67,7 +64,7 @@ def _build(args: argparse.Namespace, out: str, resume: bool, must_exist: bool) -
         opts["latent_dtype"] = args.latent_dtype
     stats = build_store(_samples(cfg, args.images, args.split, args.limit), out, models.reid, models.latent_encoder,
                         batch_size=args.batch_size or cfg.protector.batch_size, resume=resume,
-                        built_with=store_identity(models), progress=not args.quiet, store_opts=opts or None)
+                        built_with=model_fingerprint(models), progress=not args.quiet, store_opts=opts or None)
     _print(stats)
     return 0
 
@@ -83,7 +80,8 @@ def cmd_store_add(args: argparse.Namespace) -> int:
 
 
 def cmd_store_stats(args: argparse.Namespace) -> int:
-    """Print a store's size, shapes, index, version and model identity as JSON."""
+    """Print a store's size, shapes, index, version and model fingerprint (built_with) as JSON."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
 
     with open_store(args.store, read_only=True, verify="size", **_key(args)) as store:
@@ -93,6 +91,7 @@ def cmd_store_stats(args: argparse.Namespace) -> int:
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
     """Re-check every checksum of a store; exit status 1 when anything is wrong."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
 
     with open_store(args.store, read_only=True, verify="full", **_key(args)) as store:
@@ -103,6 +102,7 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 def cmd_store_compact(args: argparse.Namespace) -> int:
     """Fold a FAISS store's log into its snapshot (``--purge`` also drops removed entries)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
 
     with open_store(args.store, **_key(args)) as store:
@@ -118,19 +118,19 @@ def _key(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _audit_file(args: argparse.Namespace) -> str:
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.audit import audit_path_for
 
     return str(audit_path_for(args.store, getattr(args, "audit", "") or ""))
 
 
 def _actor() -> str:
-    import getpass
-
     return f"cli:{getpass.getuser()}"
 
 
 def cmd_store_remove(args: argparse.Namespace) -> int:
     """Erase entries by label (a person) or id: removed from the index, the database and every store file."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.audit import AuditTrail
 
@@ -159,6 +159,7 @@ def cmd_store_remove(args: argparse.Namespace) -> int:
 
 def cmd_store_expire(args: argparse.Namespace) -> int:
     """Retention: erase every entry older than ``--max-age`` (same path as remove)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.audit import AuditTrail, parse_since
 
@@ -176,6 +177,7 @@ def cmd_store_expire(args: argparse.Namespace) -> int:
 
 def cmd_store_rekey(args: argparse.Namespace) -> int:
     """Re-encrypt a store under a new key (``--decrypt``: store it unencrypted) in one transaction."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.audit import AuditTrail
 
@@ -196,6 +198,7 @@ def cmd_store_rekey(args: argparse.Namespace) -> int:
 
 def cmd_store_keygen(args: argparse.Namespace) -> int:
     """Create a new store key file (mode 0600; never overwrites)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.crypto import generate_key_file
 
     try:
@@ -207,6 +210,7 @@ def cmd_store_keygen(args: argparse.Namespace) -> int:
 
 def cmd_store_audit(args: argparse.Namespace) -> int:
     """``audit verify``: recompute the hash chain (exit 1 when broken); ``audit show``: list records."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.audit import parse_since, show_audit, verify_audit
 
     path = _audit_file(args)
@@ -220,17 +224,30 @@ def cmd_store_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def dds_round_trip(store_path: str | None, n: int = 100) -> dict[str, Any] | str:
+    """Service round trip over DDS (m=10 codes of 16x512) through a real store_node process.
+
+    The store benchmark's only use of the ROS layer, so it lives here, in the cli layer. Reported as
+    not measured where rclpy or the built interfaces are missing.
+    """
+    try:
+        # lazy: ROS 2 (rclpy): optional, absent from a pip install
+        from latent_rag_ros.nodes.bench_service import service_round_trip  # rclpy: optional (pip install)
+    except ImportError as exc:
+        return f"not measured: ROS 2 (rclpy and this package's interfaces) not available: {exc}"
+    return service_round_trip(store_path, n=n)
+
+
 def cmd_bench_store(args: argparse.Namespace) -> int:
     """Build/search/recall benchmark of the embedded store (and optionally the fp16 W+ cost)."""
-    import tempfile
-    from pathlib import Path
-
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.store.bench import bench_store, fp16_identity_cost
     from latent_rag_ros.store.crypto import generate_key_file
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     shape = tuple(int(x) for x in args.latent_shape.lower().split("x"))
     if args.compare_encryption:
+        # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
         from latent_rag_ros.store.bench import bench_encryption
 
         pair = [bench_encryption(n, args.dim, args.queries, shape if n < 1_000_000 else (1, 8),  # type: ignore[arg-type]
@@ -245,6 +262,7 @@ def cmd_bench_store(args: argparse.Namespace) -> int:
             generate_key_file(key)
         report = bench_store(sizes, dim=args.dim, queries=args.queries, out=None, latent_shape=shape,  # type: ignore[arg-type]
                              latent_dtype=args.latent_dtype, workdir=args.workdir, data_model=args.data, key_file=key)
+    report["dds_round_trip"] = dds_round_trip(None)
     print(json.dumps({"dds_round_trip": report.get("dds_round_trip")}, default=str))
     if args.fp16_cost:
         _, models, _ = _models(args)
@@ -271,7 +289,7 @@ def _guard(fn: Any) -> Any:
 def register(subparsers: Any, bench_subparsers: Any) -> None:
     """Add build-store, store {add,stats,verify,compact} and bench store to the ``latent-rag`` parser."""
     p = subparsers.add_parser("build-store", help="build a trusted store from crops/dataset/video/bag (resumable)")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--images", required=True, help="crops folder, Market-1501/MSMT17/CUHK03 root, video or bag")
     p.add_argument("--out", required=True, help="store directory, Milvus Lite *.db file or Milvus URI")
     p.add_argument("--batch-size", type=int, default=0, help="crops per model call (default protector.batch_size)")
@@ -287,7 +305,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     store = subparsers.add_parser("store", help="inspect and maintain a trusted store")
     ssub = store.add_subparsers(dest="store_command", required=True)
     p = ssub.add_parser("add", help="add the crops of a source to an existing store")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--store", required=True)
     p.add_argument("--images", required=True)
     p.add_argument("--batch-size", type=int, default=0)
@@ -352,7 +370,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.set_defaults(func=_guard(cmd_store_audit))
 
     p = bench_subparsers.add_parser("store", help="store build time, search latency and recall by size")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=1000)

@@ -1,7 +1,10 @@
 """The ``latent-rag`` command: run the graph, protect offline, build stores, evaluate, replay, demo.
 
-Every subcommand reads the same configuration (``--config`` file + ``--set key=value`` overrides)
-as the nodes. Subcommands of the store and eval layers register themselves (``register``).
+Every subcommand reads the same configuration (``--config`` file + ``--set key=value`` overrides,
+:mod:`latent_rag_ros.cli.args`) as the nodes. The cli layer is the top of the import layers
+(docs/design.md): the store, eval, training and keys subcommands live beside this module
+(``cli/store.py`` ...) and register themselves (``register``). A subcommand whose Python package is
+missing fails with one line naming it; nothing disappears from ``--help``.
 """
 
 from __future__ import annotations
@@ -11,30 +14,22 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from latent_rag_ros.config import ConfigError, absolute_paths, load_config, parse_overrides, ros_name
+from latent_rag_ros.cli import eval as eval_cli
+from latent_rag_ros.cli import security as security_cli
+from latent_rag_ros.cli import store as store_cli
+from latent_rag_ros.cli import training as training_cli
+from latent_rag_ros.cli.args import add_config_args, config_from_args
+from latent_rag_ros.cli.demo import run_demo
+from latent_rag_ros.config import ConfigError, absolute_paths, default_config_path, parse_overrides, ros_name
 
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="parameter file (default: the package's config/latent_rag.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set protector.m=5 (repeatable)")
-
-
-def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
-    """Config from ``--config`` (or the packaged default) and ``--set`` overrides."""
-    from latent_rag_ros.config import default_config_path
-
-    path = args.config or default_config_path()
-    overrides = absolute_paths(parse_overrides(getattr(args, "set", [])))  # typed in a shell: relative to cwd
-    overrides.update(extra or {})
-    return load_config(path, overrides)
+__all__ = ["build_parser", "config_from_args", "main", "user_error"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start detector, protector, egress (and store) as processes until SIGINT/SIGTERM."""
-    from latent_rag_ros.config import default_config_path
+    # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.graph import Respawn, run_graph
 
     cfg = config_from_args(args)  # validate before starting anything
@@ -49,11 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_protect(args: argparse.Namespace) -> int:
     """Protect a folder of crops or the people in a video, without ROS."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     import numpy as np
     from tqdm import tqdm
 
     from latent_rag_ros.core.protector import Protector, resolve_device
-    from latent_rag_ros.datasets import open_source
+    from latent_rag_ros.datasets import needs_detector, open_source
     from latent_rag_ros.models.factory import build_detector, build_models
     from latent_rag_ros.store import open_store
     from latent_rag_ros.store.base import model_mismatch
@@ -69,7 +65,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if mismatch:
         store.close()
         raise SystemExit(f"latent-rag protect: {mismatch}")
-    detector = build_detector(cfg) if Path(args.input).is_file() else None
+    detector = build_detector(cfg) if needs_detector(args.input) else None
     protector = Protector(models.generator, models.reid, cfg.protector, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +75,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if not samples:
         print(f"no images or people found in {args.input}", file=sys.stderr)
         return 1
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     import cv2
 
     index = []
@@ -99,6 +96,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert an NVlabs snapshot to the project's safetensors + JSON format."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.models.generator_io import convert_snapshot
 
     st, js = convert_snapshot(args.snapshot, args.out)
@@ -108,6 +106,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Play a bag's camera topic into the running graph and record /reid/protected."""
+    # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.replay import replay_bag
 
     cfg = config_from_args(args)
@@ -117,10 +116,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if stats["protected_received"] > 0 else 1
 
 
+def _bench_protect(args: argparse.Namespace) -> int:
+    """``latent-rag bench protect`` (the authors' loop vs the fast path)."""
+    from latent_rag_ros.cli.bench import bench_protect  # lazy: heavy (torch at import), only for this benchmark
+
+    return bench_protect(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole job on the embedded default: store, graph, replay, report."""
-    from latent_rag_ros.demo import run_demo
-
     return run_demo(args)
 
 
@@ -144,6 +148,10 @@ def user_error(exc: BaseException) -> str:
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith(ROS_MODULES):
         return (f"this command needs ROS 2 ({exc.name} is missing): build the package with colcon and source "
                 "install/setup.bash, or use the repository's venv (make setup)")
+    if isinstance(exc, ModuleNotFoundError) and exc.name and not exc.name.startswith("latent_rag_ros"):
+        package = exc.name.split(".")[0]
+        return (f"this command needs the Python package {package!r}, which is not installed: "
+                "pip install -r requirements.txt (pinned versions)")
     if {c.__name__ for c in type(exc).__mro__} & USER_ERRORS:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return ""
@@ -157,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="start the protection graph (what protect.launch.py starts)")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--with-store", action="store_true", help="also start a local store_node")
     p.add_argument("--camera-topic", default="", help="camera topic (default from config)")
     p.add_argument("--respawn-max-retries", type=int, default=5,
@@ -168,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("protect", help="protect a folder of crops or the people in a video (no ROS)")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--input", required=True, help="folder of crops, dataset folder, or video file")
     p.add_argument("--out", required=True, help="output folder (PNG files + index.json)")
     p.add_argument("--store", default="", help="store directory/URI (default: config store.path)")
@@ -181,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("replay", help="play a bag into the running graph and record /reid/protected")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--bag", required=True)
     p.add_argument("--out", required=True, help="output bag")
     p.add_argument("--topic", default=None, help="camera topic in the input bag (default: the first Image topic)")
@@ -191,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run the whole job on the embedded default (vtest.avi)")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--out", default="demo_out", help="output folder (report, bags, logs)")
     p.add_argument("--query-frames", type=int, default=60, help="query frames replayed through the graph")
     p.add_argument("--recovery-steps", type=int, default=300, help="recovery attacker training steps")
@@ -201,23 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (not tests)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     p = bench_sub.add_parser("protect", help="authors' loop vs eager vs fast path, side by side, per batch size")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--generator", default="demo,sg3t-64,sg3r-human-64x32",
                    help="comma list: demo, sg3t-RES, sg3r-RES, sg3[t|r]-human-HxW (e.g. sg3t-256,sg3r-human-512x256)")
     p.add_argument("--batch-sizes", default="1,8", help="comma list (32 is optional on CPU: slow)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per path after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.set_defaults(func=lambda a: __import__("latent_rag_ros.bench", fromlist=["x"]).bench_protect(a))
+    p.set_defaults(func=_bench_protect)
 
-    for module in ("latent_rag_ros.store.cli", "latent_rag_ros.eval.cli", "latent_rag_ros.training.cli",
-                   "latent_rag_ros.security.cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue
-            raise
-        mod.register(sub, bench_sub)
+    for register in (store_cli.register, eval_cli.register, training_cli.register, security_cli.register):
+        register(sub, bench_sub)
     return parser
 
 

@@ -8,14 +8,11 @@ import sys
 import time
 from typing import Any
 
+from latent_rag_ros.cli.args import add_config_args
+from latent_rag_ros.config import BAG_CAMERA_TOPIC, default_config_path, load_config, parse_overrides
+
 CPU_ATTACK = {"steps": 200, "batch_size": 8, "channels": 16}    # a 30-frame bag: a few minutes on 2 cores
 GPU_ATTACK = {"steps": 500, "batch_size": 16, "channels": 32}
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="parameter file (default: the package's config/latent_rag.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set protector.m=5 (repeatable)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -38,7 +35,8 @@ def _baseline_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation; a source it cannot evaluate gives one line on stderr and exit code 2."""
-    from latent_rag_ros.eval.bags import BagError
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
+    from latent_rag_ros.bagio import BagError
     from latent_rag_ros.models.safe_load import ModelFileError
     from latent_rag_ros.store.base import StoreError
 
@@ -51,7 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Run the evaluation and print where the report went plus its headline numbers."""
-    from latent_rag_ros.config import default_config_path, load_config, parse_overrides
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.eval.recovery import RecoveryConfig
     from latent_rag_ros.eval.runner import run_eval
 
@@ -62,6 +60,7 @@ def _eval(args: argparse.Namespace) -> int:
     path = args.config or default_config_path()
     overrides = parse_overrides(args.set)
     cfg = load_config(path, overrides)  # validate before any work
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.core.protector import resolve_device
 
     # CPU defaults sized so a short bag evaluates in minutes; GPU defaults are the larger attacker
@@ -89,6 +88,7 @@ def _eval(args: argparse.Namespace) -> int:
         "recovery.psnr_mean": report["recovery"].get("psnr_mean"),
         "recovery.ssim_mean": report["recovery"].get("ssim_mean"),
     }
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.eval.report import to_jsonable
 
     print(json.dumps(to_jsonable(summary)))
@@ -99,6 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
     """Write a dataset, a folder of crops or a video as a rosbag2 camera stream (with labels when known)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.eval.bags import make_bag
 
     stats = make_bag(args.input, args.out, topic=args.topic, storage=args.storage, rate_hz=args.rate,
@@ -109,6 +110,7 @@ def cmd_make_bag(args: argparse.Namespace) -> int:
 
 def cmd_bench_rank(args: argparse.Namespace) -> int:
     """Time ``evaluate_rank`` on a random Market-1501-sized problem (3368 x 19732 by default)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     import numpy as np
 
     from latent_rag_ros.eval.metrics import evaluate_rank
@@ -128,7 +130,7 @@ def cmd_bench_rank(args: argparse.Namespace) -> int:
 def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     """Add ``eval`` and ``make-bag`` (and ``bench rank``) to the ``latent-rag`` command."""
     p = subparsers.add_parser("eval", help="privacy / utility / recovery evaluation with baselines (paper tables)")
-    _add_config_args(p)
+    add_config_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="Market-1501 / MSMT17 / CUHK03 folder, folder of crops, or video")
     src.add_argument("--bag", help="camera rosbag2 (labels travel on /latent_rag/labels)")
@@ -166,7 +168,7 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     p.add_argument("--out", required=True, help="output bag folder (must not exist)")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
     p.add_argument("--rate", type=float, default=10.0, help="frame rate of the bag (Hz)")
-    p.add_argument("--topic", default="/camera/image_raw")
+    p.add_argument("--topic", default=BAG_CAMERA_TOPIC, help=f"camera topic to write (default {BAG_CAMERA_TOPIC})")
     p.add_argument("--split", choices=["query", "gallery", "train"], default=None,
                    help="only this split of a benchmark folder (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from latent_rag_ros.cli.args import add_config_args, config_from_args
 from latent_rag_ros.security.keys import ROLES, KeyFileError, list_keys, load_key, new_key, resolve_keys_dir, revoke_key
 
 
@@ -14,8 +15,6 @@ def _keys_dir(args: argparse.Namespace) -> str:
     """``--dir``, else the config's ``link.keys_dir``, else $ROS_HOME/latent_rag_keys."""
     if args.dir:
         return args.dir
-    from latent_rag_ros.cli import config_from_args
-
     cfg = config_from_args(args)
     return str(resolve_keys_dir(cfg.resolve_path(cfg.link.keys_dir) if cfg.link.keys_dir else ""))
 
@@ -38,6 +37,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """List keys (id, role, state, dates, fingerprint, file): never the secret."""
     d = _keys_dir(args)
     if args.id:
+        # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
         from latent_rag_ros.security.keys import key_path
 
         keys, errors = [load_key(key_path(d, args.id))], []
@@ -79,8 +79,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dir", default="", help="keys directory (default: config link.keys_dir or "
                                                  "$ROS_HOME/latent_rag_keys)")
-        p.add_argument("--config", default=None, help="parameter file (for link.keys_dir)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+        add_config_args(p, "link.keys_dir")
 
     p = ksub.add_parser("new", help="create a key file with a fresh random secret (0600)")
     common(p)

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from latent_rag_ros.config import default_config_path, load_config, parse_overrides, ros_name
+
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 GALLERY_FRAMES = range(0, 480, 8)      # first 48 s of the video: the trusted gallery
 QUERY_START = 500                      # the rest: what the robot sees later
@@ -35,11 +37,12 @@ def _say(msg: str) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 on success (prints where the report is)."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     import torch
 
     from latent_rag_ros.datasets import Sample, read_video_frames
     from latent_rag_ros.eval.bags import make_bag
-    from latent_rag_ros.models.factory import build_detector, build_models, store_identity
+    from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
     from latent_rag_ros.store.build import build_store
 
@@ -52,7 +55,6 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     store_dir = out / "store"
-    from latent_rag_ros.config import load_config, ros_name
 
     settings = {**DEMO_PROTECTOR, **_set_overrides(args)}
     cfg = load_config(args.config or _default_cfg(), {**settings, "store.path": str(store_dir),
@@ -75,7 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
             gallery.append(Sample(image=p.crop, name=f"vtest#f{i:04d}_b{j}", frame=i))
     with torch.no_grad():
         stats = build_store(gallery, store_dir, models.reid, models.latent_encoder, batch_size=16,
-                            built_with=store_identity(models), progress=True)
+                            built_with=model_fingerprint(models), progress=True)
     _say(f"   store: {stats}")
 
     _say("2/5 query: writing the later frames as a rosbag2 (the camera stream)")
@@ -85,6 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
     make_bag([frames[i] for i in query_idx], in_bag, rate_hz=10.0 / 3)
 
     _say("3/5 starting store, detector, protector and egress nodes (private ROS domain)")
+    # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.graph import Graph
     from latent_rag_ros.nodes.replay import replay_bag
 
@@ -96,6 +99,7 @@ def run_demo(args: argparse.Namespace) -> int:
                  "ros.evaluation_mode": True}
     _say("   evaluation mode ON: egress keeps identity labels and stage timings for the report "
          "(a deployed robot strips them: ros.evaluation_mode false)")
+    # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.graph import provision_local_keys
 
     provision_local_keys(args.config or _default_cfg(), overrides)   # the demo's own robot + admin link keys
@@ -119,6 +123,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
 
     _say("5/5 evaluating: privacy, utility, recovery attack and baselines")
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.eval.recovery import RecoveryConfig
     from latent_rag_ros.eval.runner import run_eval
 
@@ -136,14 +141,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _default_cfg() -> str:
-    from latent_rag_ros.config import default_config_path
-
     return str(default_config_path() or "")
 
 
 def _set_overrides(args: argparse.Namespace) -> dict:
-    from latent_rag_ros.config import parse_overrides
-
     return parse_overrides(getattr(args, "set", []))
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from latent_rag_ros.cli.args import config_from_args
+
 # Official NVlabs constructor kwargs (stylegan3 train.py: T = cbase/cmax; R = conv_kernel 1, radial filters,
 # doubled cbase/cmax). 256x256 T as released (stylegan3-t-ffhqu-256x256: cbase 16384); the StyleGAN-Human
 # rectangular R uses train.py's default cbase 32768 (doubled for R), 16 W+ rows as the 256/512 models.
@@ -54,6 +56,7 @@ def generator_spec(name: str) -> dict[str, Any] | None:
 
 def build_bench_generator(name: str, cfg: Any, device: torch.device) -> torch.nn.Module:
     """A random-weight generator of architecture ``name``; ``demo``: the shipped demo generator."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.models.factory import build_generator as build_cfg_generator
     from latent_rag_ros.models.generator_io import build_generator
 
@@ -105,6 +108,7 @@ def _cuda_peak_mb(device: torch.device) -> float:
 
 
 def _ssim_min_mean(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.core.imaging import tensor_to_bgr
     from latent_rag_ros.eval.metrics import ssim
 
@@ -137,7 +141,7 @@ def _run_paths(prots: dict[str, Any], images: torch.Tensor, store: Any, repeats:
 
 def bench_protect(args: argparse.Namespace) -> int:
     """Run the side-by-side benchmark; JSON lines per (generator, batch, path), then a summary table."""
-    from latent_rag_ros.cli import config_from_args
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.core.fastpath import step_deviation
     from latent_rag_ros.core.protector import Protector, resolve_device
     from latent_rag_ros.models.factory import build_reid

@@ -13,24 +13,15 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
-# flag -> config field, per trainer (argparse dest is the flag without dashes, '-' -> '_')
-_G_FLAGS = {
-    "resolution": int, "channels": int, "num_layers": int, "lrelu_upsampling": int, "z_dim": int, "w_dim": int,
-    "mapping_layers": int,
-    "d_channels": int, "batch": int, "steps": int, "g_lr": float, "d_lr": float, "r1_gamma": float,
-    "r1_interval": int, "ema_kimg": float, "augment": str, "xflip": float, "seed": int, "recon_weight": float,
-    "e_lr": float, "e_width": float, "e_style_width": int, "checkpoint_every": int, "log_every": int,
-    "minutes": float, "threads": int, "device": str,
-}
-_E_FLAGS = {
-    "width": float, "style_width": int, "init": str, "batch": int, "steps": int, "lr": float, "l2": float,
-    "l1": float, "ssim": float, "id_weight": float, "reid": str, "delta_weight": float, "progressive_every": int,
-    "xflip": float, "seed": int, "checkpoint_every": int, "log_every": int, "minutes": float, "threads": int,
-    "device": str,
-}
+from latent_rag_ros.cli.args import add_config_args, config_from_args
+
+# One flag per scalar field of the trainer's config dataclass (GeneratorTrainConfig /
+# EncoderTrainConfig): ``--field-name`` (argparse dest = the field name); list fields have their own.
+_FLAG_TYPES = (int, float, str)
 _HELP = {
     "resolution": "image height (width = height/2); default 64", "channels": "synthesis width; default 32",
     "steps": "total optimisation steps of the run", "batch": "batch size; default 16",
@@ -51,6 +42,12 @@ def _blocks(text: str) -> list[int]:
     return parts
 
 
+def config_flags(cls: type) -> dict[str, type]:
+    """``{field: type}`` of the int/float/str fields of a config dataclass: the trainer's flags."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if hints[f.name] in _FLAG_TYPES}
+
+
 def _add_flags(p: argparse.ArgumentParser, flags: dict[str, type]) -> None:
     for dest, typ in flags.items():
         p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=_HELP.get(dest))
@@ -62,8 +59,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-step", type=int, default=1, help="use every Nth frame of a video/bag")
     p.add_argument("--split", default=None, help="split of a dataset layout (train/query/gallery)")
     p.add_argument("--limit", type=int, default=0, help="use at most this many crops")
-    p.add_argument("--config", default=None, help="parameter file for the detector settings")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    add_config_args(p, "the detector settings")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +81,7 @@ def _make_config(cls: type, args: argparse.Namespace, flags: dict[str, type], st
 
 
 def _stored_config(out: Path, args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.training import checkpoints as ck
     from latent_rag_ros.training.generator import resolve_resume
 
@@ -95,17 +92,17 @@ def _stored_config(out: Path, args: argparse.Namespace, kind: str) -> dict[str, 
 
 
 def _detector_config(args: argparse.Namespace) -> Any:
-    from latent_rag_ros.cli import config_from_args
-
     return config_from_args(args)
 
 
 def _crops(args: argparse.Namespace, size: tuple[int, int], cache: Path | None) -> Any:
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.training.data import cached_crops
 
     crops = cached_crops(args.data, size, cache, frames=args.frames, frame_step=args.frame_step,
                          config=_detector_config(args), split=args.split)
     if args.limit and len(crops) > args.limit:
+        # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
         from latent_rag_ros.training.data import CropSet
 
         crops = CropSet(crops.images[: args.limit].clone(), crops.names[: args.limit], dict(crops.meta))
@@ -115,11 +112,12 @@ def _crops(args: argparse.Namespace, size: tuple[int, int], cache: Path | None) 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
     """Train or resume a generator run."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.training.generator import GeneratorTrainConfig, train_generator
 
     out = Path(args.out)
     stored = _stored_config(out, args, "generator") if (args.resume or args.resume_from) else None
-    cfg = _make_config(GeneratorTrainConfig, args, _G_FLAGS, stored)
+    cfg = _make_config(GeneratorTrainConfig, args, config_flags(GeneratorTrainConfig), stored)
     cfg.validate()
     crops = _crops(args, (cfg.resolution, cfg.resolution // 2), out / "crops.npz")
     summary = train_generator(cfg, crops, out, resume=args.resume_from or args.resume,
@@ -130,12 +128,13 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
     """Train or resume an encoder run for a generator file."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.models.stylegan3 import load_generator
     from latent_rag_ros.training.encoder import EncoderTrainConfig, train_encoder
 
     out = Path(args.out)
     stored = _stored_config(out, args, "encoder") if (args.resume or args.resume_from) else None
-    cfg = _make_config(EncoderTrainConfig, args, _E_FLAGS, stored)
+    cfg = _make_config(EncoderTrainConfig, args, config_flags(EncoderTrainConfig), stored)
     cfg.validate()
     G = load_generator(args.generator)
     crops = _crops(args, (int(G.img_height), int(G.img_width)), out / "crops.npz")
@@ -148,6 +147,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
 
 def cmd_train_evaluate(args: argparse.Namespace) -> int:
     """Mean SSIM (and L1, PSNR) of encode -> regenerate on crops; optional JSON report and figure."""
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     import torch
 
     from latent_rag_ros.models.e4e import load_e4e
@@ -176,8 +176,8 @@ def cmd_train_evaluate(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     """Add ``train`` (``generator``, ``encoder``, ``evaluate``) to the ``latent-rag`` parser."""
-    from latent_rag_ros.training.encoder import EncoderTrainConfig
-    from latent_rag_ros.training.generator import GeneratorTrainConfig
+    # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
+    from latent_rag_ros.training.configs import EncoderTrainConfig, GeneratorTrainConfig
 
     train = subparsers.add_parser("train", help="train the small demo generator / encoder (CPU or GPU)")
     sub = train.add_subparsers(dest="train_command", required=True)
@@ -187,7 +187,7 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
                        description=f"Defaults: {json.dumps(dataclasses.asdict(g_defaults))}")
     _add_data_args(p)
     _add_run_args(p)
-    _add_flags(p, _G_FLAGS)
+    _add_flags(p, config_flags(GeneratorTrainConfig))
     p.add_argument("--e-blocks", dest="e_blocks", type=_blocks, default=None,
                    help="IR-SE stage depths of the warm-up encoder, e.g. 1,2,2,1")
     p.set_defaults(func=cmd_train_generator)
@@ -198,7 +198,7 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     _add_data_args(p)
     _add_run_args(p)
     p.add_argument("--generator", required=True, help="generator file (NAME.safetensors + NAME.json, or .pkl)")
-    _add_flags(p, _E_FLAGS)
+    _add_flags(p, config_flags(EncoderTrainConfig))
     p.add_argument("--blocks", dest="blocks", type=_blocks, default=None, help="IR-SE stage depths, e.g. 1,2,2,1")
     p.set_defaults(func=cmd_train_encoder)
 
