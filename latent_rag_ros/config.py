@@ -80,6 +80,7 @@ class ProtectorConfig:
     dtype: str = "float32"            # "float32", "float16", "bfloat16" (GPU)
     fast_path: bool = True            # core.fastpath: same update rule, less work per step (false = eager)
     fast_reid: str = "off"            # fast path's E in L_id: off (E as is) | folded (BN folded: faster, not exact)
+    #                                   | channels_last (oneDNN layout only: E ~6% faster, gradients ~1e-6 off)
     batched_backward: str = "auto"    # fast path: both VJPs in one vmapped backward; auto = CUDA only
     batch_window_ms: float = 0.0      # protector node: wait at most this long to fill a batch (0 = per frame)
 
@@ -226,7 +227,7 @@ def absolute_paths(overrides: dict[str, Any], base: str | Path | None = None) ->
 _CHOICES: dict[str, set[str]] = {
     "protector.schedule": {"simultaneous", "alternating", "authors"},
     "protector.batched_backward": {"auto", "on", "off"},
-    "protector.fast_reid": {"off", "folded"},
+    "protector.fast_reid": {"off", "folded", "channels_last"},
     "protector.dtype": {"float32", "float16", "bfloat16"},
     "store.backend": {"auto", "faiss", "milvus"},
     "detector.kind": set(DETECTOR_KINDS),

@@ -133,7 +133,7 @@ def main() -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from latent_rag_ros.config import use_fastdds_profile
+    from latent_rag_ros.config import CAMERA_TOPIC, CROPS_TOPIC, EGRESS_TOPIC, use_fastdds_profile
     from latent_rag_ros.msg import ProtectedCrop
     from latent_rag_ros.nodes.common import bgr_to_image
     from latent_rag_ros.nodes.graph import Graph
@@ -160,15 +160,15 @@ def main() -> int:
             status[st.name.split(": ")[-1]] = {kv.key: kv.value for kv in st.values}
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
-    node.create_subscription(ProtectedCrop, "/reid/protected", on_protected,
+    node.create_subscription(ProtectedCrop, EGRESS_TOPIC, on_protected,
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    cam = node.create_publisher(Image, "/camera/image_raw", QoSProfile(depth=1,
-                                                                       reliability=ReliabilityPolicy.BEST_EFFORT))
+    # the graph's own default names (config.py), so the soak follows them when they change
+    cam = node.create_publisher(Image, CAMERA_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     threading.Thread(target=ex.spin, daemon=True).start()
     deadline = time.monotonic() + 300
-    while node.count_subscribers("/latent_rag/crops") < 1 and time.monotonic() < deadline:
+    while node.count_subscribers(CROPS_TOPIC) < 1 and time.monotonic() < deadline:
         time.sleep(0.5)   # the protector subscribes once its models are loaded
     rows: list[dict] = []
     lat_rows: list[dict] = []
@@ -232,6 +232,10 @@ def main() -> int:
     (out / "soak.json").write_text(json.dumps(summary, indent=1))
     _plot(rows, lat_rows, out / "soak.png")
     print(json.dumps(summary, indent=1))
+    if not summary["protected_received"]:
+        # a soak that measured memory of an idle graph proves nothing: say so and fail
+        print("[soak] error: nothing arrived on the egress topic; the graph never protected a crop", flush=True)
+        return 2
     return 0 if not died else 1
 
 

@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,8", help="comma list (32 is optional on CPU: slow)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per path after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--variants", default="", help="extra measured paths: channels-last,folded,compile-reid,...")
     p.set_defaults(func=_bench_protect)
 
     for register in (store_cli.register, eval_cli.register, training_cli.register, security_cli.register):

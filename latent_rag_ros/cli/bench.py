@@ -9,11 +9,18 @@ one process runs, on the same weights, crops and throw-away store:
 It prints ms/crop (median of the repeats, paths taken in turn), per-stage ms/crop, peak memory (autograd
 saved tensors on any device; the allocator peak on CUDA), speed-ups a/b and e/b, and the deviation of (b)
 from (e): max |dw_adv|, the share of flipped sign steps and the SSIM between their images.
+
+``--variants`` adds measurement-only paths (docs/perf.md, issue 17's CPU target), each compared with (e)
+like (b): ``channels-last`` / ``folded`` (``protector.fast_reid=channels_last`` / ``folded``),
+``compile-reid`` / ``compile-synthesis`` (``torch.compile``, inductor, of E in L_id or of G.synthesis;
+the untimed warm-up run includes the compilation, reported as ``warmup_s``), ``eager-b1`` (the eager loop
+one crop at a time: the eager path's own spread across batch sizes).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import statistics
@@ -116,15 +123,56 @@ def _ssim_min_mean(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return min(vals), statistics.mean(vals)
 
 
+VARIANTS = ("channels-last", "folded", "compile-reid", "compile-synthesis", "eager-b1")
+
+
+class _OneByOne:
+    """The eager Protector run one crop at a time (same interface as Protector for the benchmark)."""
+
+    def __init__(self, prot: Any) -> None:
+        self.prot, self.device = prot, prot.device
+
+    def protect_with_store(self, images: torch.Tensor, store: Any) -> Any:
+        from latent_rag_ros.core.protector import merge_results
+
+        return merge_results([self.prot.protect_with_store(images[i:i + 1], store) for i in range(len(images))])
+
+
+def build_variant(name: str, g: torch.nn.Module, reid: torch.nn.Module, cfg: Any, device: torch.device) -> Any:
+    """A measurement-only path ``name`` (see VARIANTS) on the fast path of ``cfg``; its own copies of G/E."""
+    from latent_rag_ros.core.protector import Protector
+
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
+    if name == "eager-b1":
+        return _OneByOne(Protector(g, reid, replace(cfg, fast_path=False), device))
+    fast_reid = {"folded": "folded", "channels-last": "channels_last"}.get(name, "off")
+    prot = Protector(g, reid, replace(cfg, fast_path=True, fast_reid=fast_reid), device)
+    if name == "compile-reid":
+        prot.loss_reid = torch.compile(copy.deepcopy(reid))
+    elif name == "compile-synthesis":
+        g2 = copy.deepcopy(g)
+        g2.synthesis = torch.compile(g2.synthesis)
+        prot.generator = g2
+    return prot
+
+
 def _run_paths(prots: dict[str, Any], images: torch.Tensor, store: Any, repeats: int) -> dict[str, Any]:
     """Per path: median per-stage ms over ``repeats`` runs taken in turn (a, e, b, a, e, b, ...), so a change
     of machine load hits every path alike; peak memory; the last result. The first, untimed run of each path
-    at this batch size is the warm-up and counts the saved-tensor memory."""
+    at this batch size is the warm-up and counts the saved-tensor memory (not for compiled variants, whose
+    warm-up compiles: there only its seconds are kept)."""
     out: dict[str, Any] = {}
     for key, prot in prots.items():
-        with SavedTensorMemory() as mem:
+        t0 = time.perf_counter()
+        if key.startswith("compile"):
             prot.protect_with_store(images, store)
-        out[key] = {"runs": [], "saved_mb": mem.peak_mb}
+            saved = float("nan")
+        else:
+            with SavedTensorMemory() as mem:
+                prot.protect_with_store(images, store)
+            saved = mem.peak_mb
+        out[key] = {"runs": [], "saved_mb": saved, "warmup_s": time.perf_counter() - t0}
     for _ in range(repeats):
         for key, prot in prots.items():
             if prot.device.type == "cuda":
@@ -158,6 +206,10 @@ def bench_protect(args: argparse.Namespace) -> int:
         "eager": replace(base, fast_path=False),
         "fast": replace(base, fast_path=True),
     }
+    variants = [v for v in getattr(args, "variants", "").split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"latent-rag bench protect: unknown variant {v!r} (use {', '.join(VARIANTS)})")
     rows: list[dict[str, Any]] = []
     print(json.dumps({"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "reid": getattr(reid, "name", cfg.models.reid), "m": base.m, "T": base.steps,
@@ -167,6 +219,7 @@ def bench_protect(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         g = build_bench_generator(name, cfg, device)
         prots = {k: Protector(g, reid, c, device) for k, c in paths.items()}
+        prots.update({v: build_variant(v, g, reid, base, device) for v in variants})
         with tempfile.TemporaryDirectory() as tmp:
             store = open_store(f"{tmp}/store", create=True, dim=reid.dim, num_ws=g.num_ws, w_dim=g.w_dim)
             n = max(32, base.m * 4)
@@ -183,33 +236,37 @@ def bench_protect(args: argparse.Namespace) -> int:
                     ms = v["ms"]
                     row = {"generator": name, "batch": bs, "path": key, "ms_per_crop": round(ms["total"] / bs, 1),
                            "stages_ms_per_crop": {k: round(x / bs, 1) for k, x in ms.items() if k != "total"},
-                           "saved_tensors_peak_mb": round(v["saved_mb"], 1)}
+                           "saved_tensors_peak_mb": round(v["saved_mb"], 1), "warmup_s": round(v["warmup_s"], 1)}
                     if "cuda_peak_mb" in v:
                         row["cuda_peak_mb"] = round(v["cuda_peak_mb"], 1)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-                fast, eager = got["fast"]["result"], got["eager"]["result"]
-                s_min, s_mean = _ssim_min_mean(fast.images, eager.images)
-                dev = {"generator": name, "batch": bs, "deviation": {
-                    **step_deviation(fast.w_adv, eager.w_adv, prots["fast"].step_options),
-                    "ssim_min": round(s_min, 4), "ssim_mean": round(s_mean, 4)}}
-                rows.append(dev)
-                print(json.dumps(dev), flush=True)
+                eager = got["eager"]["result"]
+                for key in ["fast", *variants]:
+                    res = got[key]["result"]
+                    s_min, s_mean = _ssim_min_mean(res.images, eager.images)
+                    dev = {"generator": name, "batch": bs, "path": key, "deviation": {
+                        **step_deviation(res.w_adv, eager.w_adv, prots["fast"].step_options),
+                        "ssim_min": round(s_min, 4), "ssim_mean": round(s_mean, 4)}}
+                    rows.append(dev)
+                    print(json.dumps(dev), flush=True)
             store.close()
     _print_table(rows)
     return 0
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    """Markdown summary: ms/crop of each path, speed-ups and the fast-vs-eager deviation."""
-    timed = {(r["generator"], r["batch"], r["path"]): r for r in rows if "path" in r}
-    devs = {(r["generator"], r["batch"]): r["deviation"] for r in rows if "deviation" in r}
-    print("\n| generator | batch | (a) reference ms/crop | eager ms/crop | (b) fast ms/crop | a/b | eager/b "
-          "| saved-tensor MB a / b | max abs dw | entries differing | flipped steps | SSIM min |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (gen, bs), d in devs.items():
-        a, e, b = (timed[(gen, bs, k)] for k in ("reference", "eager", "fast"))
-        print(f"| {gen} | {bs} | {a['ms_per_crop']} | {e['ms_per_crop']} | {b['ms_per_crop']} "
+    """Markdown summary: ms/crop of each path, speed-ups and the deviation of (b) and each variant from eager."""
+    timed = {(r["generator"], r["batch"], r["path"]): r for r in rows if "ms_per_crop" in r}
+    devs = [r for r in rows if "deviation" in r]
+    print("\n| generator | batch | path | (a) reference ms/crop | eager ms/crop | path ms/crop | a/path | eager/path "
+          "| saved-tensor MB a / path | max abs dw | entries differing | flipped steps | SSIM min / mean |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in devs:
+        gen, bs, key, d = r["generator"], r["batch"], r["path"], r["deviation"]
+        a, e, b = (timed[(gen, bs, k)] for k in ("reference", "eager", key))
+        print(f"| {gen} | {bs} | {key} | {a['ms_per_crop']} | {e['ms_per_crop']} | {b['ms_per_crop']} "
               f"| {a['ms_per_crop'] / b['ms_per_crop']:.2f} | {e['ms_per_crop'] / b['ms_per_crop']:.2f} "
               f"| {a['saved_tensors_peak_mb']:.0f} / {b['saved_tensors_peak_mb']:.0f} | {d['max_abs_dw']:.3g} "
-              f"| {d['entries_differing']:.2%} | {d['flipped_steps']:.2%} | {d['ssim_min']:.4f} |")
+              f"| {d['entries_differing']:.2%} | {d['flipped_steps']:.2%} "
+              f"| {d['ssim_min']:.4f} / {d['ssim_mean']:.4f} |")

@@ -129,7 +129,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 def cmd_train_encoder(args: argparse.Namespace) -> int:
     """Train or resume an encoder run for a generator file."""
     # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
-    from latent_rag_ros.models.stylegan3 import load_generator
+    from latent_rag_ros.models.generator_io import load_generator
     from latent_rag_ros.training.encoder import EncoderTrainConfig, train_encoder
 
     out = Path(args.out)
@@ -151,7 +151,7 @@ def cmd_train_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from latent_rag_ros.models.e4e import load_e4e
-    from latent_rag_ros.models.stylegan3 import load_generator
+    from latent_rag_ros.models.generator_io import load_generator
     from latent_rag_ros.training.evaluate import image_grid, reconstruction_report, save_png
     from latent_rag_ros.training.runs import set_threads, write_json
 

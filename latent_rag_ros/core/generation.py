@@ -110,6 +110,34 @@ def check_schedule(opts: StepOptions) -> None:
         raise ValueError(f"unknown schedule {opts.schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
+@dataclass
+class LoopStart:
+    """What every T-step loop starts from: masks, w, zero momenta, normalised f, the target size, the decay."""
+
+    opts: StepOptions
+    momentum: float
+    coarse_mask: torch.Tensor
+    fine_mask: torch.Tensor
+    size: tuple[int, int]
+    identity: torch.Tensor
+    w: torch.Tensor
+    mom_div: torch.Tensor
+    mom_id: torch.Tensor
+
+
+def start_loop(
+    w_star: torch.Tensor, images: torch.Tensor, identity: torch.Tensor, opts: StepOptions | None
+) -> LoopStart:
+    """The prologue shared by the eager loops and ``core.fastpath``: checks ``opts``, builds the loop state."""
+    opts = opts or StepOptions()
+    check_schedule(opts)
+    coarse_mask, fine_mask = layer_masks(w_star, opts.coarse_layers)
+    w = w_star.detach().float().clone()
+    return LoopStart(opts=opts, momentum=effective_momentum(opts), coarse_mask=coarse_mask, fine_mask=fine_mask,
+                     size=tuple(images.shape[-2:]), identity=F.normalize(identity.float(), dim=1), w=w,
+                     mom_div=torch.zeros_like(w), mom_id=torch.zeros_like(w))
+
+
 def identity_aligned_generation(
     w_star: torch.Tensor,
     images: torch.Tensor,
@@ -123,17 +151,11 @@ def identity_aligned_generation(
     ``images``: the crops I as [B,3,H,W] in [0,1]; ``identity``: f, [B,D] (the crop's re-ID vector).
     Gradients are confined: the coarse rows only ever see dL_div/dw, the fine rows only dL_id/dw.
     """
-    opts = opts or StepOptions()
-    check_schedule(opts)
-    if opts.schedule == "authors":
-        return _authors_loop(w_star, images, identity, generator, reid, opts)
-    coarse_mask, fine_mask = layer_masks(w_star, opts.coarse_layers)
-    size = tuple(images.shape[-2:])
-    identity = F.normalize(identity.float(), dim=1)
-
-    w = w_star.detach().float().clone()
-    mom_div = torch.zeros_like(w)
-    mom_id = torch.zeros_like(w)
+    s = start_loop(w_star, images, identity, opts)
+    if s.opts.schedule == "authors":
+        return _authors_loop(s, images, generator, reid)
+    opts, coarse_mask, fine_mask, size, identity = s.opts, s.coarse_mask, s.fine_mask, s.size, s.identity
+    w, mom_div, mom_id = s.w, s.mom_div, s.mom_id
     trace = GenerationTrace()
     for t in range(opts.steps):
         do_div = opts.use_div_loss and (opts.schedule == "simultaneous" or t % 2 == 0)
@@ -153,9 +175,9 @@ def identity_aligned_generation(
         w = w.detach()
         for kind, g in grads:
             if kind == "div":
-                w, mom_div = sign_step(w, g, coarse_mask, opts.coarse_step, mom_div, opts.momentum)
+                w, mom_div = sign_step(w, g, coarse_mask, opts.coarse_step, mom_div, s.momentum)
             else:
-                w, mom_id = sign_step(w, g, fine_mask, opts.fine_step, mom_id, opts.momentum)
+                w, mom_id = sign_step(w, g, fine_mask, opts.fine_step, mom_id, s.momentum)
     with torch.no_grad():
         img = render(generator, w, size)
         distance, id_loss = losses(img, images, identity, reid)
@@ -165,25 +187,18 @@ def identity_aligned_generation(
 
 
 def _authors_loop(
-    w_star: torch.Tensor,
+    s: LoopStart,
     images: torch.Tensor,
-    identity: torch.Tensor,
     generator: torch.nn.Module,
     reid: Callable[[torch.Tensor], torch.Tensor],
-    opts: StepOptions,
 ) -> tuple[torch.Tensor, GenerationTrace]:
     """The authors' rule: per step a coarse MI-FGSM update from its own forward, then a fine one from another.
 
     The trace's step t holds the losses of step t's fine-update forward (after its coarse update), so
     no forward pass is added for logging; the last entry is at w*_adv.
     """
-    momentum = effective_momentum(opts)
-    coarse_mask, fine_mask = layer_masks(w_star, opts.coarse_layers)
-    size = tuple(images.shape[-2:])
-    identity = F.normalize(identity.float(), dim=1)
-    w = w_star.detach().float().clone()
-    mom_div = torch.zeros_like(w)
-    mom_id = torch.zeros_like(w)
+    opts, momentum, coarse_mask, fine_mask = s.opts, s.momentum, s.coarse_mask, s.fine_mask
+    size, identity, w, mom_div, mom_id = s.size, s.identity, s.w, s.mom_div, s.mom_id
     trace = GenerationTrace()
     for _ in range(opts.steps):
         if opts.use_div_loss:

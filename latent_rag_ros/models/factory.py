@@ -19,9 +19,9 @@ from latent_rag_ros.fileio import file_digest
 from latent_rag_ros.models import generator_io
 from latent_rag_ros.models.detectors import detector_from_config
 from latent_rag_ros.models.e4e import build_e4e, load_e4e
+from latent_rag_ros.models.generator_io import load_generator
 from latent_rag_ros.models.projection import ProjectionEncoder
 from latent_rag_ros.models.reid import load_reid
-from latent_rag_ros.models.stylegan3 import load_generator
 
 LOG = logging.getLogger(__name__)
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"

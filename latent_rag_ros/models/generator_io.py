@@ -20,8 +20,8 @@ from torch import nn
 from latent_rag_ros.fileio import atomic_write, sha256_file
 from latent_rag_ros.models import nvlabs_pickle
 from latent_rag_ros.models.safe_load import ModelFileError, load_json, load_safetensors, require_file
-from latent_rag_ros.models.stylegan2 import Generator as StyleGAN2Generator
-from latent_rag_ros.models.stylegan3 import Generator as StyleGAN3Generator
+from latent_rag_ros.models.stylegan.stylegan2 import Generator as StyleGAN2Generator
+from latent_rag_ros.models.stylegan.stylegan3 import Generator as StyleGAN3Generator
 
 FORMAT_NAME = "latent_rag_ros.generator"
 FORMAT_VERSION = 1
@@ -133,7 +133,7 @@ def generator_family(model: nn.Module) -> str:
 def generator_spec(model: nn.Module) -> dict[str, Any]:
     """The JSON architecture record of a generator (family, config, init kwargs, shapes)."""
     family = generator_family(model)
-    config = model.config_name if family == "stylegan3" else "stylegan2"
+    config = model.config_name
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -238,6 +238,17 @@ def load_generator_file(path: str | os.PathLike, device: str | torch.device = "c
     return load_nvlabs_generator(p, device)
 
 
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a generator from an NVlabs pickle (StyleGAN3 T/R, StyleGAN2/ADA) or the own format.
+
+    NVlabs pickles go through the restricted unpickler (no code in the file is ever run; the
+    ``G_ema`` network is rebuilt from its recorded init kwargs). The own format is
+    ``NAME.safetensors`` + ``NAME.json`` (either path, or ``NAME``). The result is in eval mode
+    with ``requires_grad`` off. Raises ModelFileError for missing, corrupt, wrong-kind or unsafe files.
+    """
+    return load_generator_file(path, device=device)
+
+
 def convert_snapshot(src_pkl: str | os.PathLike, out_path: str | os.PathLike) -> tuple[Path, Path]:
     """Convert an NVlabs snapshot's ``G_ema`` to ``OUT.safetensors`` + ``OUT.json``."""
     src = Path(src_pkl).expanduser()
@@ -257,6 +268,7 @@ __all__ = [
     "convert_snapshot",
     "copy_tensors_strict",
     "generator_spec",
+    "load_generator",
     "load_generator_file",
     "load_nvlabs_generator",
     "load_own_format",

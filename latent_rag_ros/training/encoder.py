@@ -25,9 +25,8 @@ from tqdm import tqdm
 
 from latent_rag_ros.fileio import atomic_write, file_digest
 from latent_rag_ros.models.e4e import build_e4e, load_e4e, save_e4e
-from latent_rag_ros.models.generator_io import own_format_paths
+from latent_rag_ros.models.generator_io import load_generator, own_format_paths
 from latent_rag_ros.models.reid import load_reid
-from latent_rag_ros.models.stylegan3 import load_generator
 from latent_rag_ros.training import checkpoints as ck
 from latent_rag_ros.training.augment import random_xflip
 from latent_rag_ros.training.configs import EncoderTrainConfig
