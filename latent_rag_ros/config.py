@@ -313,6 +313,7 @@ NODE_KEYS: dict[str, tuple[str, ...]] = {
                     "ros.egress_image_topic", "ros.heartbeat_topic", "ros.heartbeat_period_s", "ros.evaluation_mode"),
     "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.remove_service", "ros.status_period_s",
                    "link."),
+    "relay_node": ("link.relay_service", "ros.retrieve_service", "ros.service_timeout_s", "ros.status_period_s"),
 }
 # Keys a running node applies at once (read on every frame/request); all others are read-only and
 # need a restart (models, topics, QoS, devices, store location).

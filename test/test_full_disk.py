@@ -105,6 +105,7 @@ def test_store_node_refuses_adds_on_a_full_disk_and_keeps_serving(small_fs: Path
     from latent_rag_ros.nodes.store_node import StoreNode
 
     node = StoreNode()
+    assert node.start_up() == "", node.open_error   # configure + activate (lifecycle node)
     try:
         refused = None
         acked = BATCH

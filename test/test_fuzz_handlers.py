@@ -179,6 +179,7 @@ def detector(ros: Path):
     from latent_rag_ros.nodes.detector_node import DetectorNode
 
     node = DetectorNode()
+    assert node.start_up() == ""   # configure + activate (lifecycle node), as autostart does
     yield node
     node.destroy_node()
 
@@ -212,6 +213,7 @@ def egress(ros: Path):
     from latent_rag_ros.nodes.egress_node import EgressNode
 
     node = EgressNode()
+    assert node.start_up() == ""
     sent: list[ProtectedCrop] = []
     real_publish = node.pub.publish
     node.pub.publish = lambda m: (sent.append(m), real_publish(m))  # record what really goes out
@@ -248,7 +250,7 @@ def store_node(ros: Path):
     from latent_rag_ros.security import ClientSealer, load_key
 
     node = StoreNode()
-    assert node.store is not None, node.open_error
+    assert node.start_up() == "" and node.store is not None, node.open_error
     node.robot = ClientSealer(load_key(ros / "keys" / "robot.key"))
     node.admin = ClientSealer(load_key(ros / "keys" / "admin.key"))
     yield node

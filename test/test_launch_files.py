@@ -23,6 +23,14 @@ class _Rec:
         self.args, self.kwargs = args, kwargs
 
 
+class _Node(_Rec):
+    pass
+
+
+class _LifecycleNode(_Rec):
+    pass
+
+
 def _stub_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     mods = {
         "launch": {"LaunchDescription": _Rec},
@@ -30,7 +38,7 @@ def _stub_modules(monkeypatch: pytest.MonkeyPatch) -> None:
         "launch.conditions": {"IfCondition": _Rec, "UnlessCondition": _Rec},
         "launch.substitutions": {"LaunchConfiguration": _Rec, "PythonExpression": _Rec},
         "launch_ros": {},
-        "launch_ros.actions": {"Node": _Rec},
+        "launch_ros.actions": {"Node": _Node, "LifecycleNode": _LifecycleNode},
         "ament_index_python": {},
         "ament_index_python.packages": {"get_package_share_directory": lambda name: f"/opt/share/{name}"},
     }
@@ -39,6 +47,8 @@ def _stub_modules(monkeypatch: pytest.MonkeyPatch) -> None:
         for k, v in attrs.items():
             setattr(m, k, v)
         monkeypatch.setitem(sys.modules, name, m)
+    # the launch files' shared helper must bind to these stand-ins, not to an earlier test's
+    monkeypatch.delitem(sys.modules, "latent_rag_ros.nodes.launch_parts", raising=False)
 
 
 def _load(path: Path, monkeypatch: pytest.MonkeyPatch) -> list:
@@ -46,7 +56,10 @@ def _load(path: Path, monkeypatch: pytest.MonkeyPatch) -> list:
     spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.generate_launch_description().args[0]
+    try:
+        return mod.generate_launch_description().args[0]
+    finally:   # bound to the stand-ins: never leave it for another test to import
+        sys.modules.pop("latent_rag_ros.nodes.launch_parts", None)
 
 
 def _installed_executables() -> set[str]:
@@ -81,6 +94,17 @@ def test_protect_launch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     for exe in ("egress_node", "store_node", "relay_node"):
         assert "additional_env" not in by_exe[exe].kwargs
+    # lifecycle nodes (launch's LifecycleNode action) take autostart from the launch argument; the relay does not
+    assert args["autostart"] == "true"
+    for exe, n in by_exe.items():
+        managed = exe != "relay_node"
+        assert isinstance(n, _LifecycleNode) == managed, exe
+        auto = [p["autostart"] for p in n.kwargs["parameters"] if isinstance(p, dict) and "autostart" in p]
+        assert [a.args[0] for a in auto] == (["autostart"] if managed else []), exe
+    # every node, the camera driver included, takes the respawn policy
+    for n in [*nodes, camera[0]]:
+        assert n.kwargs["respawn"].args[0] == "respawn"
+        assert n.kwargs["respawn_delay"] > 0 and n.kwargs["respawn_max_retries"] > 0
     # protector and egress share a fresh egress key; security switches on SROS2 only when asked
     key = [a for a in actions if a.args and a.args[0] == "LATENT_RAG_EGRESS_KEY_FILE"]
     assert len(key) == 1 and Path(key[0].args[1]).stat().st_mode & 0o077 == 0
@@ -95,6 +119,8 @@ def test_store_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     nodes = [a for a in actions if "executable" in a.kwargs]
     assert [n.kwargs["executable"] for n in nodes] == ["store_node"]
     assert nodes[0].kwargs["ros_arguments"][:3] == ["--enclave", "/latent_rag/store_node", "--log-level"]
+    assert isinstance(nodes[0], _LifecycleNode) and nodes[0].kwargs["respawn"].args[0] == "respawn"
+    assert any(isinstance(p, dict) and "autostart" in p for p in nodes[0].kwargs["parameters"])
 
 
 def test_cmake_installs_launch_and_config() -> None:

@@ -2,18 +2,24 @@
 
 Nodes start from the installed launch files, real frames from vtest.avi flow to /reid/protected, the
 launch arguments reach the nodes (namespace, camera_topic, config_file, with_store, store_path,
-use_sim_time, log_level), and one SIGINT (Ctrl-C) stops every process cleanly. Skipped where the
+use_sim_time, log_level, autostart), the lifecycle nodes activate themselves (autostart) or wait for
+`ros2 lifecycle set` (autostart:=false), a killed node is respawned and activates itself again, and
+one SIGINT (Ctrl-C) stops every process cleanly. Skipped where the
 vendored launch/launch_ros are missing, except on CI (CI=true), where that fails (launchutil.py).
 Models: the real DeepSORT MobileNetV2 re-ID weights, random-weight StyleGAN3/E4E (none exist offline).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
 import pytest
 import torch
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import GetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -73,6 +79,37 @@ def _param(probe: Probe, node: str, name: str):
     return {1: v.bool_value, 2: v.integer_value, 3: v.double_value, 4: v.string_value}.get(v.type)
 
 
+def _lifecycle(probe: Probe, node: str, transition: int | None = None) -> str | bool:
+    """`ros2 lifecycle get <node>` (transition None) or `ros2 lifecycle set <node> <transition>`."""
+    if transition is None:
+        client, req = probe.node.create_client(GetState, f"{node}/get_state"), GetState.Request()
+    else:
+        client = probe.node.create_client(ChangeState, f"{node}/change_state")
+        req = ChangeState.Request(transition=Transition(id=transition))
+    wait_for(client.service_is_ready, 120, f"{node} lifecycle services")
+    fut = client.call_async(req)
+    wait_for(fut.done, 120, f"{node} lifecycle reply")
+    return fut.result().current_state.label if transition is None else fut.result().success
+
+
+def _becomes(probe: Probe, node: str, state: str, timeout: float) -> None:
+    """Ask ``node`` its state again and again until it is ``state``: after a SIGKILL, DDS still lists the
+    dead process's get_state service for a while, and a request that went only to it never gets an answer."""
+    end = time.monotonic() + timeout
+    client = probe.node.create_client(GetState, f"{node}/get_state")
+    while time.monotonic() < end:
+        if client.service_is_ready():
+            fut = client.call_async(GetState.Request())
+            stop = time.monotonic() + 5
+            while not fut.done() and time.monotonic() < stop:
+                time.sleep(0.05)
+            if fut.done() and fut.result().current_state.label == state:
+                return
+            client.remove_pending_request(fut)
+        time.sleep(0.5)
+    raise AssertionError(f"{node} not {state} after {timeout:.0f} s")
+
+
 def _assert_clean_stop(run: LaunchRun, expected: list[str]) -> None:
     pids = run.pids()
     assert sorted(pids) == sorted(expected), run.output[-3000:]
@@ -113,6 +150,14 @@ def test_protect_launch_runs_the_graph_and_stops_on_ctrl_c(store_setup) -> None:
         assert _param(probe, "/robot_a/detector_node", "use_sim_time") is False
         assert _param(probe, "/robot_a/detector_node", "ros.camera_topic") == "front/image_raw"
         assert "[robot_a.detector_node]" in run.output
+        # autostart (the default): every lifecycle node configured and activated itself
+        for node in ("store_node", "detector_node", "protector_node", "egress_node"):
+            assert _lifecycle(probe, f"/robot_a/{node}") == "active", node
+        # respawn: a killed egress comes back (launch's respawn policy) and activates itself again
+        old = run.pids()["egress_node"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: run.pids()["egress_node"] != old, 120, "egress_node respawned by launch")
+        _becomes(probe, "/robot_a/egress_node", "active", 120)
         assert any("[DEBUG]" in line for line in run.lines if line.startswith("[protector_node")), "log_level:=debug"
         _assert_clean_stop(run, NODES)
     finally:
@@ -126,10 +171,15 @@ def test_store_launch_serves_its_store_and_takes_the_arguments(store_setup) -> N
     sealer = ClientSealer(new_key(keys, "launch_probe", "robot"))   # the sealed store link needs a robot key
     bare = write_params(tmp / "bare.yaml", {"ros": {"status_period_s": 0.5}, "link": {"keys_dir": keys}})
     run = LaunchRun("store.launch.py", config_file=str(bare), store_path=cfg.store.path, namespace="trusted",
-                    use_sim_time="true", log_level="warn")
+                    use_sim_time="true", log_level="warn", autostart="false")
     probe = Probe("store_launch_probe")
     try:
         client = probe.node.create_client(RetrieveLatents, "/trusted/retrieve_latents")
+        # autostart:=false: the store waits unconfigured, without its services, for a lifecycle manager
+        assert _lifecycle(probe, "/trusted/store_node") == "unconfigured"
+        assert not client.service_is_ready()
+        assert _lifecycle(probe, "/trusted/store_node", Transition.TRANSITION_CONFIGURE)
+        assert _lifecycle(probe, "/trusted/store_node", Transition.TRANSITION_ACTIVATE)
         wait_for(client.service_is_ready, 120, "/trusted/retrieve_latents")
         query = np.zeros(dim, np.float32)
         query[0] = 1.0

@@ -118,3 +118,12 @@ def test_a_wrongly_typed_parameter_stops_the_node_with_one_line(tmp_path: Path) 
     assert graph.failed()["detector_node"] != 0
     log = (tmp_path / "logs" / "detector_node.log").read_text()
     assert "detector.max_crops" in log and "Traceback" not in log, log
+
+
+def test_relay_declares_only_its_own_keys() -> None:
+    """relay_node has its own NODE_KEYS entry (before, it declared every key)."""
+    from latent_rag_ros.config import node_owns
+
+    assert node_owns("relay_node", "link.relay_service") and node_owns("relay_node", "ros.retrieve_service")
+    assert not node_owns("relay_node", "protector.m") and not node_owns("relay_node", "store.path")
+    assert not node_owns("relay_node", "link.keys_dir")   # the relay holds no key

@@ -342,8 +342,11 @@ while time.monotonic() < end and not os.path.exists(STOP_FILE):
 for _ in range(40):   # drain
     rclpy.spin_once(node, timeout_sec=0.05)
 internal = {t: counts.get(t, 0) for t in INTERNAL_TOPICS}
+# the lifecycle state changes of the network-zone nodes (egress, store) are public like their
+# /diagnostics (state ids only); the robot-internal nodes' transition events must not be heard
+NETWORK_LIFECYCLE = {f"/latent_rag/{n}/transition_event" for n in ("egress_node", "store_node")}
 other_internal = {t: n for t, n in counts.items() if t not in INTERNAL_TOPICS and t.startswith("/latent_rag/")
-                  and t != "/latent_rag/protected"}
+                  and t != "/latent_rag/protected" and t not in NETWORK_LIFECYCLE}
 print(json.dumps({"counts": counts, "internal": internal, "other_internal": other_internal, "genuine": genuine,
                   "injected_sent": injected_sent, "injected_out": injected_out, "fields": fields,
                   "nodes_seen": sorted(nodes_seen), "topics_seen": sorted(topics_seen),

@@ -37,6 +37,7 @@ def node(tmp_path: Path):
     from latent_rag_ros.nodes.store_node import StoreNode
 
     n = StoreNode()
+    assert n.start_up() == "", n.open_error   # configure + activate (lifecycle node)
     n.sealers = sealers
     assert n.store is not None and n.audit is not None, n.open_error
     yield n

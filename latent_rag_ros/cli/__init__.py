@@ -38,7 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["ros.camera_topic"] = args.camera_topic
     del cfg
     return run_graph(args.config or str(default_config_path() or ""), args.with_store, overrides,
-                     Respawn(max_retries=max(0, args.respawn_max_retries), delay=max(0.0, args.respawn_delay)))
+                     Respawn(max_retries=max(0, args.respawn_max_retries), delay=max(0.0, args.respawn_delay)),
+                     autostart=args.autostart)
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--respawn-max-retries", type=int, default=5,
                    help="restart a node that dies up to N times (backoff from --respawn-delay); 0: stop the graph")
     p.add_argument("--respawn-delay", type=float, default=1.0, help="seconds before the first restart (doubles)")
+    p.add_argument("--no-autostart", dest="autostart", action="store_false",
+                   help="leave the lifecycle nodes unconfigured for `ros2 lifecycle set` or a lifecycle manager")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("protect", help="protect a folder of crops or the people in a video (no ROS)")

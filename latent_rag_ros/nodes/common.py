@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ from latent_rag_ros.nodes.images import (  # noqa: F401 - re-exported: the nodes
 _PARAM_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                 float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
 _ROLES = {"DetectorNode": "detector_node", "ProtectorNode": "protector_node", "EgressNode": "egress_node",
-          "StoreNode": "store_node"}
+          "StoreNode": "store_node", "RelayNode": "relay_node"}
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -147,8 +148,9 @@ def bgr_to_image(bgr: np.ndarray, header: Any = None, encoding: str = "bgr8") ->
 class NodeStatus:
     """Thread-safe counters and per-stage latency of a node, published on /diagnostics."""
 
-    def __init__(self, node: Node, period_s: float) -> None:
+    def __init__(self, node: Node, period_s: float, state: Callable[[], str] | None = None) -> None:
         self._node = node
+        self._state = state   # a managed node's lifecycle state, shown as ``lifecycle_state``
         self._lock = threading.Lock()
         self.counters: dict[str, int] = defaultdict(int)
         self.flags: dict[str, str] = {}
@@ -188,6 +190,8 @@ class NodeStatus:
         with self._lock:
             values = {k: str(v) for k, v in self.counters.items()}
             values.update(self.flags)
+            if self._state is not None:
+                values["lifecycle_state"] = self._state()
             for k, d in self._lat.items():
                 if d:
                     values[f"latency_ms.{k}.mean"] = f"{sum(d) / len(d):.2f}"

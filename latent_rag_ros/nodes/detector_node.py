@@ -1,72 +1,94 @@
 """detector_node: camera frames in, person crops out (raw crops never leave the robot).
 
 Latest frame wins: the subscription callback only parks the newest frame; a worker thread detects
-on it. Frames overwritten before the worker reached them are counted as drops.
+on it. Frames overwritten before the worker reached them are counted as drops. A lifecycle node
+(nodes/managed.py): the detector loads in ``configure``, frames are taken only while active.
 """
 
 from __future__ import annotations
 
-import threading
-
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
 from latent_rag_ros.models.factory import build_detector
 from latent_rag_ros.msg import PersonCrop, PersonCrops
 from latent_rag_ros.nodes.common import (
     LatestSlot,
-    NodeStatus,
     bgr_to_image,
     camera_to_bgr,
-    declare_config,
     frame_limits,
     now_ms,
     qos_profile,
 )
+from latent_rag_ros.nodes.managed import ManagedNode
 from latent_rag_ros.people import crop_people
 
 
-class DetectorNode(Node):
-    """Detects people in camera frames and publishes their crops."""
+class DetectorNode(ManagedNode):
+    """Detects people in camera frames and publishes their crops (a lifecycle node: nodes/managed.py)."""
 
     def __init__(self) -> None:
         super().__init__("detector_node")
-        self.cfg = declare_config(self)
-        self.status = NodeStatus(self, self.cfg.ros.status_period_s)
-        self.detector = build_detector(self.cfg)
-        self.status.set(DiagnosticStatus.OK, "waiting for frames", model_loaded=True, detector=self.cfg.detector.kind)
-        self.slot = LatestSlot(1, max_age_s=self.cfg.ros.max_frame_age_s)
+        self.detector = None
+        self.pub = None
+        self.sub = None
         self.frame_index = 0
-        self.pub = self.create_publisher(PersonCrops, self.cfg.ros.crops_topic, qos_profile(self.cfg.ros.output_qos))
         self.limits = frame_limits(self.cfg)
         # compressed: sensor_msgs/CompressedImage on <camera_topic>/compressed (image_transport's name)
-        compressed = self.cfg.ros.camera_transport == "compressed"
-        self.camera_topic = self.cfg.ros.camera_topic + ("/compressed" if compressed else "")
+        self.compressed = self.cfg.ros.camera_transport == "compressed"
+        self.camera_topic = self.cfg.ros.camera_topic + ("/compressed" if self.compressed else "")
+
+    def configure(self) -> None:
+        """Load the detector; the crops publisher exists from here on but sends nothing until activated."""
+        self.detector = build_detector(self.cfg)
+        self.pub = self.create_lifecycle_publisher(PersonCrops, self.cfg.ros.crops_topic,
+                                                   qos_profile(self.cfg.ros.output_qos))
+        self.status.set(DiagnosticStatus.OK, "inactive: configured", model_loaded=True, detector=self.cfg.detector.kind)
+
+    def activate(self) -> None:
+        """Subscribe to the camera and start the worker."""
+        self.start_worker(self._run, "detector", 1)
         self.sub = self.create_subscription(
-            CompressedImage if compressed else Image, self.camera_topic, self.on_image,
+            CompressedImage if self.compressed else Image, self.camera_topic, self.on_image,
             qos_profile(self.cfg.ros.camera_qos)
         )
-        self._worker = threading.Thread(target=self._run, name="detector", daemon=True)
-        self._worker.start()
+        self.status.set(DiagnosticStatus.OK, "waiting for frames")
         self.get_logger().info(
             f"detecting people on {self.camera_topic} ({self.cfg.ros.camera_qos.reliability}) "
             f"-> {self.cfg.ros.crops_topic}"
         )
 
+    def deactivate(self) -> None:
+        """Unsubscribe from the camera and join the worker."""
+        if self.sub is not None:
+            self.destroy_subscription(self.sub)
+            self.sub = None
+        self.stop_worker(10.0)
+
+    def release(self) -> None:
+        """Drop the detector and the crops publisher."""
+        if self.pub is not None:
+            self.destroy_lifecycle_publisher(self.pub)
+            self.pub = None
+        self.detector = None
+        self.status.set(self.status.level, self.status.message, model_loaded=False)
+
     def on_image(self, msg: Image | CompressedImage) -> None:
         """Park the newest frame for the worker (older unprocessed frames are dropped)."""
+        slot = self.slot
+        if slot is None or slot.closed:
+            return
         self.status.count("frames_in")
-        if not self.slot.put(msg):
+        if not slot.put(msg):
             self.status.count("frames_dropped")
 
-    def _run(self) -> None:
-        while rclpy.ok() and not self.slot.closed:
-            stale = self.slot.stale
-            msg = self.slot.get()
-            if self.slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
-                self.status.count("frames_stale", self.slot.stale - stale)
+    def _run(self, slot: LatestSlot) -> None:
+        while rclpy.ok() and not slot.closed:
+            stale = slot.stale
+            msg = slot.get()
+            if slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", slot.stale - stale)
             if msg is not None:
                 self.process(msg)
 
@@ -90,19 +112,11 @@ class DetectorNode(Node):
             out.crops.append(PersonCrop(header=msg.header, image=bgr_to_image(person.crop, msg.header), box=roi,
                                         score=float(person.score), track_id=-1, label=""))
         self.status.count("frames_processed")
-        if out.crops and not self.slot.closed:
-            self.pub.publish(out)
+        if out.crops and self.active:
+            self.send(self.pub, out, "frames_unheard")   # nobody subscribed (protector down): lost, counted
+            self.status.count("frames_out")
             self.status.count("crops_out", len(out.crops))
         self.status.set(DiagnosticStatus.OK, "running")
-
-    def destroy_node(self) -> None:
-        # stop the worker before the publishers go away (publishing on a destroyed node aborts);
-        # a node whose start-up failed has neither
-        if hasattr(self, "slot"):
-            self.slot.close()
-        if hasattr(self, "_worker"):
-            self._worker.join(timeout=10.0)
-        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -22,12 +22,12 @@ import sys
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from latent_rag_ros.egress_auth import EgressTagger, key_file, load_key
 from latent_rag_ros.msg import ProtectedCrop
-from latent_rag_ros.nodes.common import NodeStatus, declare_config, qos_profile
+from latent_rag_ros.nodes.common import qos_profile
+from latent_rag_ros.nodes.managed import ManagedNode
 from latent_rag_ros.zones import EGRESS
 
 
@@ -101,34 +101,64 @@ def egress_problem(msg: ProtectedCrop) -> str:
     return ""
 
 
-class EgressNode(Node):
-    """Forwards ProtectedCrop messages, and only those, to the remote re-ID topic."""
+class EgressNode(ManagedNode):
+    """Forwards ProtectedCrop messages, and only those, to the remote re-ID topic (a lifecycle node)."""
 
     ZONE = EGRESS
 
     def __init__(self) -> None:
         super().__init__("egress_node")
-        self.cfg = declare_config(self)
-        self.status = NodeStatus(self, self.cfg.ros.status_period_s)
-        self.tagger = EgressTagger(load_key(key_file()))
+        self.tagger: EgressTagger | None = None
         self.evaluation_mode = bool(self.cfg.ros.evaluation_mode)
+        self.pub = self.image_pub = self.heartbeat_pub = None
+        self.sub = self.heartbeat_timer = None
+        self.heartbeat_seq = 0
+
+    def configure(self) -> None:
+        """Load the egress key; create the (lifecycle) egress publishers, silent until activated."""
+        self.tagger = EgressTagger(load_key(key_file()))
         if self.evaluation_mode:
             self.get_logger().warning("EVALUATION MODE: identity labels and stage timings leave the robot")
         qos = qos_profile(self.cfg.ros.output_qos)
-        self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.egress_topic, qos)
-        self.sub = self.create_subscription(ProtectedCrop, self.cfg.ros.protected_topic, self.on_protected, qos)
+        self.pub = self.create_lifecycle_publisher(ProtectedCrop, self.cfg.ros.egress_topic, qos)
         topic = self.cfg.ros.egress_image_topic
-        self.image_pub = self.create_publisher(Image, topic, qos) if topic else None
-        self.heartbeat_seq = 0
+        self.image_pub = self.create_lifecycle_publisher(Image, topic, qos) if topic else None
         if self.cfg.ros.heartbeat_topic:
-            self.heartbeat_pub = self.create_publisher(DiagnosticStatus, self.cfg.ros.heartbeat_topic, 10)
-            self.create_timer(self.cfg.ros.heartbeat_period_s, self.heartbeat)
-        self.status.set(DiagnosticStatus.OK, "forwarding", model_loaded="n/a",
+            self.heartbeat_pub = self.create_lifecycle_publisher(DiagnosticStatus, self.cfg.ros.heartbeat_topic, 10)
+        self.status.set(DiagnosticStatus.OK, "inactive: configured", model_loaded="n/a",
                         evaluation_mode=self.evaluation_mode)
+
+    def activate(self) -> None:
+        """Subscribe to the protector's topic and start the heartbeat."""
+        self.sub = self.create_subscription(ProtectedCrop, self.cfg.ros.protected_topic, self.on_protected,
+                                            qos_profile(self.cfg.ros.output_qos))
+        if self.heartbeat_pub is not None:
+            self.heartbeat_timer = self.create_timer(self.cfg.ros.heartbeat_period_s, self.heartbeat)
+        self.status.set(DiagnosticStatus.OK, "forwarding")
         self.get_logger().info(f"forwarding {self.cfg.ros.protected_topic} -> {self.cfg.ros.egress_topic}")
+
+    def deactivate(self) -> None:
+        """Stop taking protected crops and stop the heartbeat."""
+        if self.sub is not None:
+            self.destroy_subscription(self.sub)
+            self.sub = None
+        if self.heartbeat_timer is not None:
+            self.destroy_timer(self.heartbeat_timer)
+            self.heartbeat_timer = None
+
+    def release(self) -> None:
+        """Drop the publishers and the key."""
+        for name in ("pub", "image_pub", "heartbeat_pub"):
+            pub = getattr(self, name)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+        self.tagger = None
 
     def on_protected(self, msg: ProtectedCrop) -> None:
         """Forward a well-formed protected crop with a valid tag; drop and count anything else."""
+        if not self.active or self.tagger is None:
+            return
         self.status.count("frames_in")
         if not self.tagger.verify(protected_payload(msg), bytes(msg.tag)):
             self.status.reject("dropped_bad_tag", "missing or invalid integrity tag")
@@ -148,6 +178,8 @@ class EgressNode(Node):
 
     def heartbeat(self) -> None:
         """Publish the egress heartbeat: alive, protector connected or not, counters (no person data)."""
+        if not self.active or self.heartbeat_pub is None:
+            return
         self.heartbeat_seq += 1
         connected = self.count_publishers(self.cfg.ros.protected_topic) > 0
         counts = self.status.snapshot()

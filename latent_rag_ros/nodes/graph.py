@@ -70,9 +70,16 @@ class Graph:
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
         namespace: str = DEFAULT_NAMESPACE,
+        autostart: bool = True,
     ) -> None:
-        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...`` in its zone."""
+        """Start each node as ``python -m latent_rag_ros.nodes.<name> --ros-args -p ...`` in its zone.
+
+        ``autostart``: the lifecycle nodes configure and activate themselves (a node whose configure
+        fails exits with one line); False leaves them unconfigured for a lifecycle manager.
+        """
         params = ["-r", f"__ns:={namespace}"] if namespace.strip("/") else []
+        if not autostart:
+            params += ["-p", "autostart:=false"]
         if config_file:
             params += ["-p", f"config_file:={os.path.abspath(config_file)}"]
         for k, v in (overrides or {}).items():
@@ -174,8 +181,11 @@ def graph_nodes(with_store: bool, overrides: dict[str, Any]) -> tuple[str, ...]:
 
 
 def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, Any] | None = None,
-              respawn: Respawn | None = None) -> int:
+              respawn: Respawn | None = None, autostart: bool = True) -> int:
     """``latent-rag run``: start the graph, restart nodes that die (with backoff), stop on SIGINT/SIGTERM.
+
+    The lifecycle nodes configure and activate themselves unless ``autostart`` is False
+    (``--no-autostart``): they then wait unconfigured for ``ros2 lifecycle set`` or a lifecycle manager.
 
     The graph stops with exit code 1 when a node has died more often than ``respawn.max_retries``.
     """
@@ -191,8 +201,11 @@ def run_graph(config_file: str | None, with_store: bool, overrides: dict[str, An
     if with_store:
         for path in provision_local_keys(config_file, overrides):
             print(f"[latent-rag run] created link key {path} (0600)", flush=True)
-    graph.start(nodes, config_file, overrides)
+    graph.start(nodes, config_file, overrides, autostart=autostart)
     print(f"[latent-rag run] started {', '.join(nodes)}; Ctrl-C to stop", flush=True)
+    if not autostart:
+        print("[latent-rag run] --no-autostart: the nodes wait unconfigured; drive them with "
+              "`ros2 lifecycle set /latent_rag/<node> configure` then `activate` (or a lifecycle manager)", flush=True)
     code = 0
     try:
         while not stop["flag"]:

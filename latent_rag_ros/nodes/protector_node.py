@@ -14,7 +14,6 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.node import Node
 from sensor_msgs.msg import RegionOfInterest
 
 from latent_rag_ros.core.batching import BatchWindow
@@ -27,9 +26,7 @@ from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import (
     FrameLimits,
     LatestSlot,
-    NodeStatus,
     bgr_to_image,
-    declare_config,
     f32_array,
     frame_limits,
     image_to_bgr,
@@ -38,6 +35,7 @@ from latent_rag_ros.nodes.common import (
 )
 from latent_rag_ros.nodes.egress_node import sign_protected
 from latent_rag_ros.nodes.link import client_sealer, open_reply, to_request
+from latent_rag_ros.nodes.managed import ManagedNode
 from latent_rag_ros.security import ClientSealer
 from latent_rag_ros.srv import RetrieveLatents
 
@@ -63,13 +61,20 @@ class _CropBatch:
         self.crops = crops
 
 
-class ProtectorNode(Node):
-    """Runs Latent-RAG protection on crop batches and publishes ProtectedCrop messages."""
+class ProtectorNode(ManagedNode):
+    """Runs Latent-RAG protection on crop batches and publishes ProtectedCrop messages (a lifecycle node)."""
 
     def __init__(self) -> None:
         super().__init__("protector_node")
-        self.cfg = declare_config(self)
-        self.status = NodeStatus(self, self.cfg.ros.status_period_s)
+        self.protector: Protector | None = None
+        self.tagger: EgressTagger | None = None
+        self.client = self.pub = self.sub = None
+        self._sealer: ClientSealer | None = None
+        self.limits = frame_limits(self.cfg)
+        self.window: BatchWindow | None = None
+
+    def configure(self) -> None:
+        """Load the egress key and the models (one warm-up); create the store client and the publisher."""
         self.tagger = EgressTagger(load_key(key_file()))   # egress forwards only what this node tagged
         device = resolve_device(self.cfg.protector.device)
         models = build_models(self.cfg, device, with_encoder=False)
@@ -80,24 +85,49 @@ class ProtectorNode(Node):
         self._warm_up()
         if self.random_weights:
             self.get_logger().warning(f"RANDOM-WEIGHT models in use: {', '.join(self.random_weights)}")
-        self.status.set(DiagnosticStatus.OK, "waiting for crops", model_loaded=True, device=str(device),
+        self.status.set(DiagnosticStatus.OK, "inactive: configured", model_loaded=True, device=str(device),
                         random_weights=",".join(self.random_weights) or "none", store_reachable="unknown")
         # the trusted store directly (local store over SHM) or through the host-local relay (remote store)
         service = self.cfg.link.relay_service if self.cfg.link.via_relay else self.cfg.ros.retrieve_service
         self.client = self.create_client(RetrieveLatents, service)
-        self._sealer: ClientSealer | None = None
+        self._sealer = None
         self._link_sealer()
-        self.pub = self.create_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
-                                         qos_profile(self.cfg.ros.output_qos))
-        self.limits = frame_limits(self.cfg)
-        self.slot = LatestSlot(self.cfg.ros.max_queue, max_age_s=self.cfg.ros.max_frame_age_s)
+        self.pub = self.create_lifecycle_publisher(ProtectedCrop, self.cfg.ros.protected_topic,
+                                                   qos_profile(self.cfg.ros.output_qos))
+        self.device = device
+
+    def activate(self) -> None:
+        """Subscribe to crops and start the worker (and its batching window)."""
         window_ms = self.cfg.protector.batch_window_ms   # 0: each frame is one batch, as it arrives
         self.window = BatchWindow(self.cfg.protector.batch_size, window_ms, now_ms) if window_ms > 0 else None
+        self.start_worker(self._run, "protector", self.cfg.ros.max_queue)
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
                                             qos_profile(self.cfg.ros.output_qos))
-        self._worker = threading.Thread(target=self._run, name="protector", daemon=True)
-        self._worker.start()
-        self.get_logger().info(f"protecting {self.cfg.ros.crops_topic} -> {self.cfg.ros.protected_topic} on {device}")
+        self.status.set(DiagnosticStatus.OK, "waiting for crops")
+        self.get_logger().info(f"protecting {self.cfg.ros.crops_topic} -> {self.cfg.ros.protected_topic} "
+                               f"on {self.device}")
+
+    def deactivate(self) -> None:
+        """Unsubscribe and join the worker (a frame in progress is finished but not published)."""
+        if self.sub is not None:
+            self.destroy_subscription(self.sub)
+            self.sub = None
+        self.stop_worker(60.0)
+
+    def release(self) -> None:
+        """Free the models, the store client, the publisher and the keys."""
+        if self.pub is not None:
+            self.destroy_lifecycle_publisher(self.pub)
+            self.pub = None
+        if self.client is not None:
+            self.destroy_client(self.client)
+            self.client = None
+        self.protector = None
+        self.tagger = None
+        self._sealer = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.status.set(self.status.level, self.status.message, model_loaded=False)
 
     def _warm_up(self) -> None:
         """One full protection of a grey crop with the generator's average code (loads kernels, caches)."""
@@ -110,17 +140,20 @@ class ProtectorNode(Node):
 
     def on_crops(self, msg: PersonCrops) -> None:
         """Queue the newest crop batch (older waiting batches beyond max_queue are dropped and counted)."""
+        slot = self.slot
+        if slot is None or slot.closed:
+            return
         self.status.count("frames_in")
         self.status.count("crops_in", len(msg.crops))
-        if not self.slot.put(msg):
+        if not slot.put(msg):
             self.status.count("frames_dropped")
 
-    def _run(self) -> None:
-        while rclpy.ok() and not self.slot.closed:
-            stale = self.slot.stale
-            msg = self.slot.get(self.window.wait_s(0.2) if self.window is not None else 0.2)
-            if self.slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
-                self.status.count("frames_stale", self.slot.stale - stale)
+    def _run(self, slot: LatestSlot) -> None:
+        while rclpy.ok() and not slot.closed:
+            stale = slot.stale
+            msg = slot.get(self.window.wait_s(0.2) if self.window is not None else 0.2)
+            if slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", slot.stale - stale)
             if self.window is None:
                 if msg is not None:
                     self._process_safely(msg)
@@ -128,7 +161,7 @@ class ProtectorNode(Node):
             # micro-batching: crops of several frames share one batch; none waits past batch_window_ms
             if msg is not None:
                 self.window.add(msg.crops)
-            while self.window.ready() and not self.slot.closed:
+            while self.window.ready() and not slot.closed:
                 self._process_safely(_CropBatch(self.window.take()))
 
     def _process_safely(self, msg: PersonCrops | _CropBatch) -> None:
@@ -168,7 +201,7 @@ class ProtectorNode(Node):
         out: list[SimpleNamespace | None] = []
         deadline = now_ms() + self.cfg.ros.service_timeout_s * 1e3
         for env, fut, ev in pending:
-            while not ev.is_set() and not self.slot.closed and now_ms() < deadline:
+            while not ev.is_set() and self.active and now_ms() < deadline:
                 ev.wait(0.1)  # short waits: a shutdown (Ctrl-C) does not sit out the whole timeout
             if not ev.is_set():
                 self.client.remove_pending_request(fut)
@@ -231,8 +264,8 @@ class ProtectorNode(Node):
         sizes = [crops[i].shape[:2] for i in keep]
         protected = tensor_to_bgr(result.images, sizes)
         names = list(result.timings_ms)
-        if self.slot.closed:
-            return  # shutting down: the publishers may already be gone
+        if not self.active:
+            return  # deactivated or shutting down: nothing leaves (the publishers may already be gone)
         for j, i in enumerate(keep):
             src = metas[i]
             out = ProtectedCrop()
@@ -250,23 +283,11 @@ class ProtectorNode(Node):
             out.stage_names = names
             out.stage_ms = [float(result.timings_ms[k]) for k in names]
             sign_protected(self.tagger, out)
-            self.pub.publish(out)
+            self.send(self.pub, out, "crops_unheard")   # nobody subscribed (egress down): lost, counted
         self.status.count("crops_out", len(keep))
         for k, v in result.timings_ms.items():
             self.status.latency(k, v)
         self.status.latency("frame", now_ms() - t0)
-
-    def destroy_node(self) -> None:
-        # stop the worker before the publishers go away (publishing on a destroyed node aborts);
-        # a node whose start-up failed (e.g. a corrupt model file) has neither
-        if hasattr(self, "slot"):
-            self.slot.close()
-        if hasattr(self, "_worker"):
-            self._worker.join(timeout=60.0)
-        self.protector = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:

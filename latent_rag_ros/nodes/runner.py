@@ -31,6 +31,8 @@ def node_zone(factory: Callable[[], Node]) -> str:
 def spin_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 4) -> NoReturn:
     """Create the node, spin it on a multi-threaded executor until shutdown; exit the process (0 on a clean stop).
 
+    A managed node (nodes/managed.py) with ``autostart`` is configured and activated before it spins;
+    if that fails, the reason is printed as one ``fatal`` line and the exit code is 1.
     SIGINT and SIGTERM both end the spin (rclpy's handlers), after which the node is destroyed
     (its worker threads and models released) before the process exits. The node's transport zone
     (:func:`node_zone`; robot-internal for unknown nodes) is applied to this process's environment
@@ -50,7 +52,14 @@ def spin_node(factory: Callable[[], Node], args: list[str] | None = None, thread
         node = factory()
         executor = MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
+        # lifecycle nodes with autostart (the default) configure and activate here; a failed configure
+        # (missing model file, damaged store) ends the process with its one line
+        problem = node.start_up() if getattr(node, "autostart", False) else ""
+        if problem and rclpy.ok():
+            print(f"[{name}] fatal: {problem}", file=sys.stderr)
+            code = 1
+        elif rclpy.ok():
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001 - report start-up failures as one clear line

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.node import Node
 
 from latent_rag_ros.config import demo_store_hint, demo_store_path
 from latent_rag_ros.core.retrieval import RetrievalError, retrieve
-from latent_rag_ros.nodes.common import NodeStatus, declare_config, now_ms
+from latent_rag_ros.nodes.common import now_ms
+from latent_rag_ros.nodes.managed import ManagedNode
 from latent_rag_ros.security import PROTOCOL_VERSION, Gate, KeyRing, Opened, RefusedError, SealedRequest
 from latent_rag_ros.srv import AddIdentities, RemoveIdentities, RetrieveLatents
 from latent_rag_ros.store.audit import AuditTrail
@@ -52,59 +52,91 @@ _UNAUTHENTICATED = ("protocol", "unknown_key", "bad_tag", "stale", "replay")
 MAX_LABEL_CHARS = 256   # longest identity label an add may store
 
 
-class StoreNode(Node):
-    """Serves identity-guided latent retrieval, adds and removals from a store directory or URI."""
+class StoreNode(ManagedNode):
+    """Serves identity-guided latent retrieval, adds and removals from a store directory or URI (a lifecycle node).
+
+    The store and its audit trail open in ``configure`` (a missing or damaged store fails it with one
+    line); the services exist only while the node is active.
+    """
 
     ZONE = "trusted_link"   # latent_rag_ros/zones.py: network transport, protected by the link crypto
 
     def __init__(self) -> None:
         super().__init__("store_node")
-        self.cfg = declare_config(self)
-        self.status = NodeStatus(self, self.cfg.ros.status_period_s)
         self._lock = threading.RLock()
         self.store = None
         self.audit: AuditTrail | None = None
-        self.open_error = ""
+        self.open_error = "store not configured (lifecycle state unconfigured)"
         self.limiter = RateLimiter(self.cfg.store.rate_limit_hz, self.cfg.store.rate_limit_burst or None)
         keys_dir = self.cfg.resolve_path(self.cfg.link.keys_dir) if self.cfg.link.keys_dir else ""
         self.keyring = KeyRing(keys_dir)
         self.gate = Gate(self.keyring, self.cfg.link.max_skew_s)
+        self._served: list = []
+        self._retention_timer = None
+
+    def configure(self) -> None:
+        """Open the store and its audit trail; read the keys."""
         self._open()
         self._key_status()
         if not any(self.keyring.counts()[f"keys_{r}"] for r in ("robot", "admin")):
             self.get_logger().warning(f"no valid keys in {self.keyring.dir}: every request will be refused "
                                       "(create them with `latent-rag keys new`)")
+
+    def activate(self) -> None:
+        """Serve RetrieveLatents, AddIdentities and RemoveIdentities; start the retention timer."""
         group = ReentrantCallbackGroup()
-        self.create_service(RetrieveLatents, self.cfg.ros.retrieve_service, self.on_retrieve, callback_group=group)
-        self.create_service(AddIdentities, self.cfg.ros.add_service, self.on_add, callback_group=group)
-        self.create_service(RemoveIdentities, self.cfg.ros.remove_service, self.on_remove, callback_group=group)
+        self._served = [
+            self.create_service(RetrieveLatents, self.cfg.ros.retrieve_service, self.on_retrieve, callback_group=group),
+            self.create_service(AddIdentities, self.cfg.ros.add_service, self.on_add, callback_group=group),
+            self.create_service(RemoveIdentities, self.cfg.ros.remove_service, self.on_remove, callback_group=group),
+        ]
+        if self.cfg.store.max_age_s > 0:
+            self._retention_timer = self.create_timer(self.cfg.store.retention_check_s, self._expire)
+        self.status.set(DiagnosticStatus.OK, "serving")
         self.get_logger().info(
             f"serving {self.cfg.ros.retrieve_service}, {self.cfg.ros.add_service} and {self.cfg.ros.remove_service} "
             f"from {self.cfg.store.path}; keys from {self.keyring.dir} (link protocol {PROTOCOL_VERSION})"
         )
 
+    def deactivate(self) -> None:
+        """Withdraw the services (a client sees them gone) and stop the retention timer."""
+        for srv in self._served:
+            self.destroy_service(srv)
+        self._served = []
+        if self._retention_timer is not None:
+            self.destroy_timer(self._retention_timer)
+            self._retention_timer = None
+
+    def release(self) -> None:
+        """Close the store and the audit trail."""
+        with self._lock:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
+        self.open_error = "store not configured (lifecycle state unconfigured)"
+        self.status.set(self.status.level, self.status.message, store_loaded=False)
+
     def _open(self) -> None:
+        """Open the store and the audit trail; RuntimeError with the one-line reason when that fails."""
         from latent_rag_ros.store import open_store
 
         sc = self.cfg.store
         try:
             self.store = open_store(sc.path, backend=sc.backend, **({"key_file": sc.key_file} if sc.key_file else {}))
             self.audit = AuditTrail.for_store(sc.path, sc.audit_file, sc.audit_window_s, sc.audit_flag_count)
-            if sc.max_age_s > 0:
-                self.create_timer(sc.retention_check_s, self._expire)
-        except Exception as exc:  # noqa: BLE001 - keep serving, answer every request with the reason
-            if self.store is not None:
-                self.store.close()
-                self.store = None
+        except Exception as exc:  # noqa: BLE001 - one line naming the store and what to do
             self.open_error = f"store {self.cfg.store.path!r} unavailable: {exc}"
             if self.cfg.store.path == str(demo_store_path()):
                 hint = demo_store_hint(self.cfg.store.path)
                 self.open_error = f"demo store {self.cfg.store.path!r} not built yet: {hint}"
-            self.get_logger().error(self.open_error)
             self.status.set(DiagnosticStatus.ERROR, self.open_error, store_loaded=False)
-            return
+            raise RuntimeError(self.open_error) from None
+        self.open_error = ""
         # no size in the status: /diagnostics of this trusted-link node is readable on the network
-        self.status.set(DiagnosticStatus.OK, "serving", store_loaded=True, version=self.store.version)
+        self.status.set(DiagnosticStatus.OK, "inactive: store open", store_loaded=True, version=self.store.version)
 
     def _key_status(self) -> None:
         """Key counts per role (never ids or secrets) in the status; unreadable key files logged once each."""
@@ -340,16 +372,6 @@ class StoreNode(Node):
         self._outcome("remove", opened.key.key_id, removed, True, "")
         self.status.set(DiagnosticStatus.OK, "serving", version=store.version)
         return res
-
-    def destroy_node(self) -> None:
-        if self.store is not None:
-            with self._lock:
-                self.store.close()
-            self.store = None
-        if self.audit is not None:
-            self.audit.close()
-            self.audit = None
-        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
