@@ -10,6 +10,7 @@ missing fails with one line naming it; nothing disappears from ``--help``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -31,6 +32,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Start detector, protector, egress (and store) as processes until SIGINT/SIGTERM."""
     # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.graph import Respawn, run_graph
+
+    if importlib.util.find_spec("rclpy") is None:   # else every node process would die on it, respawn by respawn
+        raise ModuleNotFoundError("No module named 'rclpy'", name="rclpy")
 
     cfg = config_from_args(args)  # validate before starting anything
     overrides = absolute_paths(parse_overrides(args.set))
