@@ -79,3 +79,23 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 
             return
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def call(client: Any, request: Any, what: str, timeout: float = 120.0, resend_after: float = 10.0) -> Any:
+    """Call an idempotent service (get_state, get/set_parameters) and return its response.
+
+    A request whose reply does not come within ``resend_after`` seconds is sent again: rmw_fastrtps drops a
+    reply when the server has not yet discovered this client's reply reader (ros2/ros2#1253); the package's
+    Fast DDS profiles widen that window to 2 s, but a loaded CI machine can exceed it.
+    """
+    wait_for(client.service_is_ready, timeout, f"{what} service")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        fut = client.call_async(request)
+        stop = min(end, time.monotonic() + resend_after)
+        while not fut.done() and time.monotonic() < stop:
+            time.sleep(0.05)
+        if fut.done():
+            return fut.result()
+        client.remove_pending_request(fut)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the reply of {what}")

@@ -28,16 +28,16 @@ from latent_rag_ros.config import load_config
 from latent_rag_ros.datasets import Sample
 from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
 from latent_rag_ros.msg import ProtectedCrop
+from latent_rag_ros.nodes import link
 from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.graph import provision_local_keys
-from latent_rag_ros.nodes.link import call
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.security import ClientSealer, new_key
 from latent_rag_ros.srv import RetrieveLatents
 from latent_rag_ros.store.build import build_store
 
 from launchutil import LaunchRun, require_launch, wait_gone
-from rosutil import Probe, vtest_frames, wait_for, write_params
+from rosutil import Probe, call, vtest_frames, wait_for, write_params
 
 pytestmark = pytest.mark.ros
 PARAMS = {
@@ -72,17 +72,15 @@ def store_setup(tmp_path_factory: pytest.TempPathFactory):
 
 def _param(probe: Probe, node: str, name: str):
     client = probe.node.create_client(GetParameters, f"{node}/get_parameters")
-    wait_for(client.service_is_ready, 60, f"{node}/get_parameters")
-    fut = client.call_async(GetParameters.Request(names=[name]))
-    wait_for(fut.done, 30, f"{node} parameter {name}")
-    v = fut.result().values[0]
+    v = call(client, GetParameters.Request(names=[name]), f"{node} parameter {name}").values[0]
     return {1: v.bool_value, 2: v.integer_value, 3: v.double_value, 4: v.string_value}.get(v.type)
 
 
 def _lifecycle(probe: Probe, node: str, transition: int | None = None) -> str | bool:
     """`ros2 lifecycle get <node>` (transition None) or `ros2 lifecycle set <node> <transition>`."""
     if transition is None:
-        client, req = probe.node.create_client(GetState, f"{node}/get_state"), GetState.Request()
+        return call(probe.node.create_client(GetState, f"{node}/get_state"), GetState.Request(),
+                    f"{node}/get_state").current_state.label
     else:
         client = probe.node.create_client(ChangeState, f"{node}/change_state")
         req = ChangeState.Request(transition=Transition(id=transition))
@@ -136,8 +134,9 @@ def test_protect_launch_runs_the_graph_and_stops_on_ctrl_c(store_setup) -> None:
         except AssertionError as exc:
             lines = [ln for ln in run.lines if "[DEBUG]" not in ln]
             raise AssertionError(f"{exc}\n" + "\n".join(lines[-60:])) from None
-        names = set(probe.node.get_node_names_and_namespaces())
-        assert {(n, "/robot_a") for n in NODES} <= names
+        # node names travel on their own discovery topic and may lag the endpoints seen above
+        wanted = {(n, "/robot_a") for n in NODES}
+        wait_for(lambda: wanted <= set(probe.node.get_node_names_and_namespaces()), 60, f"node names {sorted(wanted)}")
         frames = vtest_frames(list(range(400, 600, 20)))
         deadline, k = time.monotonic() + 240, 0
         while not out and time.monotonic() < deadline and run.proc.poll() is None:
@@ -183,7 +182,7 @@ def test_store_launch_serves_its_store_and_takes_the_arguments(store_setup) -> N
         wait_for(client.service_is_ready, 120, "/trusted/retrieve_latents")
         query = np.zeros(dim, np.float32)
         query[0] = 1.0
-        reply = call(probe.node, client, sealer, "retrieve", {"m": 2, "exclude_id": -1}, {"identity": query},
+        reply = link.call(probe.node, client, sealer, "retrieve", {"m": 2, "exclude_id": -1}, {"identity": query},
                      timeout_s=30)
         assert reply.ok, reply.message
         assert reply.arrays["latents"].shape[0] == 2 and reply.meta["store_version"]

@@ -34,7 +34,7 @@ from latent_rag_ros.nodes.graph import Graph
 from latent_rag_ros.srv import RetrieveLatents
 from latent_rag_ros.store import open_store
 
-from rosutil import Probe, vtest_frames, wait_for, write_params
+from rosutil import Probe, call, vtest_frames, wait_for, write_params
 
 pytestmark = pytest.mark.ros
 NS = "/latent_rag"
@@ -54,9 +54,7 @@ class Managed:
         wait_for(lambda: self._get.service_is_ready() and self._set.service_is_ready(), 120, f"{node} lifecycle")
 
     def get(self) -> str:
-        fut = self._get.call_async(GetState.Request())
-        wait_for(fut.done, 60, f"{self.node}/get_state")
-        return fut.result().current_state.label
+        return call(self._get, GetState.Request(), f"{self.node}/get_state").current_state.label
 
     def set(self, transition: str) -> bool:
         req = ChangeState.Request(transition=Transition(id=TRANSITIONS[transition]))

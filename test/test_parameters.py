@@ -14,18 +14,14 @@ from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
 
 from latent_rag_ros.nodes.graph import Graph
 
-from rosutil import Probe, wait_for, write_params
+from rosutil import Probe, call, wait_for, write_params
 
 pytestmark = pytest.mark.ros
 NS = "/latent_rag"
 
 
 def _call(probe: Probe, node: str, srv, name: str, req):
-    client = probe.node.create_client(srv, f"{NS}/{node}/{name}")
-    wait_for(client.service_is_ready, 120, f"{node}/{name}")
-    fut = client.call_async(req)
-    wait_for(fut.done, 60, f"{node}/{name} reply")
-    return fut.result()
+    return call(probe.node.create_client(srv, f"{NS}/{node}/{name}"), req, f"{node}/{name}")
 
 
 def _set(probe: Probe, node: str, name: str, value: ParameterValue):
