@@ -269,7 +269,7 @@ def _build_store(run: _Run) -> None:
     import shutil
 
     from latent_rag_ros.models.factory import model_fingerprint
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     data = run.data
     run.store_path = run.out / "store"
@@ -280,8 +280,8 @@ def _build_store(run: _Run) -> None:
     run.say(f"building the trusted store from {len(data.g_samples)} gallery crops -> {run.store_path}")
     t = time.perf_counter()
     with torch.no_grad():
-        build_store(data.g_samples, run.store_path, run.models.reid, run.models.latent_encoder,
-                    batch_size=16, built_with=model_fingerprint(run.models), progress=run.plan.progress)
+        build_store(BuildPlan(data.g_samples, run.store_path, run.models.reid, run.models.latent_encoder,
+                              batch_size=16, built_with=model_fingerprint(run.models), progress=run.plan.progress))
     run.wall["store_build"] = time.perf_counter() - t
 
 
