@@ -1,8 +1,8 @@
-"""Issue 12 item 5: ReplayPlan, BuildPlan and BagPlan refuse a bad field in one line naming it, before any work.
+"""Issue 12 item 5: EvalPlan, ReplayPlan, BuildPlan and BagPlan refuse a bad field in one line naming it.
 
 Cheap: no graph is started, no model is loaded (TinyReID is the test re-ID network of nets.py), and
 each refused plan leaves nothing on disk. What the plans run is tested in test_eval_bags.py,
-test_store_build.py and test_graph_e2e.py.
+test_store_build.py, test_eval_runner.py and test_graph_e2e.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 
 from latent_rag_ros.cli import main
 from latent_rag_ros.eval.bags import BagPlan, make_bag
+from latent_rag_ros.eval.runner import EvalPlan, run_eval
 from latent_rag_ros.nodes.replay import ReplayPlan
 from latent_rag_ros.plans import PlanError
 from latent_rag_ros.store.build import BuildPlan, build_store
@@ -129,3 +130,24 @@ def test_cli_reports_a_bad_plan_field_in_one_line(tmp_path: Path, capsys: pytest
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "BagPlan.rate_hz must be a finite number > 0, got 0.0" in err, err
     assert not (tmp_path / "bag").exists()
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"source": ""}, "EvalPlan.source"),
+    ({"recovery_steps": -1}, "EvalPlan.recovery_steps"),
+    ({"max_queries": 0}, "EvalPlan.max_queries"),
+    ({"max_attack": 2.5}, "EvalPlan.max_attack"),
+    ({"grid_columns": 0}, "EvalPlan.grid_columns"),
+    ({"recovery_model": ""}, "EvalPlan.recovery_model"),
+])
+def test_eval_plan_refuses_a_bad_field_before_any_work(tmp_path: Path, change: dict, field: str) -> None:
+    args = {"source": str(tmp_path), "out_dir": tmp_path / "out", **change}
+    with pytest.raises(PlanError) as exc:
+        EvalPlan(**args)
+    _one_line(exc, field)
+    with pytest.raises(PlanError):
+        run_eval(None, args.pop("source"), args.pop("out_dir"), **args)
+    assert not (tmp_path / "out").exists()
+    ok = EvalPlan(str(tmp_path), tmp_path / "out", max_attack=0, recovery_steps=0)   # 0: no attacker training
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ok.max_queries = 3  # type: ignore[misc]
