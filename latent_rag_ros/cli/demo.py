@@ -50,10 +50,10 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from latent_rag_ros.datasets import Sample, read_video_frames
-    from latent_rag_ros.eval.bags import make_bag
+    from latent_rag_ros.eval.bags import BagPlan, make_bag
     from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     if not VTEST.is_file():
         _say(f"{VTEST} is missing: install it with `sudo apt-get install opencv-doc` (make setup does this as root)")
@@ -88,20 +88,20 @@ def run_demo(args: argparse.Namespace) -> int:
         for j, p in enumerate(crop_people(detector, frames[i], cfg.detector)):
             gallery.append(Sample(image=p.crop, name=f"vtest#f{i:04d}_b{j}", frame=i))
     with torch.no_grad():
-        stats = build_store(gallery, store_dir, models.reid, models.latent_encoder, batch_size=16,
-                            built_with=model_fingerprint(models), progress=True)
+        stats = build_store(BuildPlan(gallery, store_dir, models.reid, models.latent_encoder, batch_size=16,
+                                      built_with=model_fingerprint(models), progress=True))
     _say(f"   store: {stats}")
 
     _say("2/5 query: writing the later frames as a rosbag2 (the camera stream)")
     query_idx = list(range(QUERY_START, QUERY_START + args.query_frames * 3, 3))
     query_idx = [i for i in query_idx if i in frames]
     in_bag = out / "camera_bag"
-    make_bag([frames[i] for i in query_idx], in_bag, rate_hz=10.0 / 3)
+    make_bag(BagPlan([frames[i] for i in query_idx], in_bag, rate_hz=10.0 / 3))
 
     _say("3/5 starting store, detector, protector and egress nodes (private ROS domain)")
     # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.graph import Graph
-    from latent_rag_ros.nodes.replay import replay_bag
+    from latent_rag_ros.nodes.replay import ReplayPlan, replay_bag
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(110, 200)))
@@ -122,10 +122,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 {**overrides, **settings}, env=env, log_dir=str(out / "logs"))
     try:
         _say("4/5 replaying the camera bag into the graph, recording /reid/protected")
-        rstats = replay_bag(str(in_bag), str(out / "protected_bag"), ros_name(cfg.ros.camera_topic),
-                            ros_name(cfg.ros.egress_topic),
-                            rate=0.25, discovery_timeout=180.0, drain_s=30.0, max_wait_s=300.0,
-                            wait_subscribed=(ros_name(cfg.ros.crops_topic),), first_wait_s=240.0)
+        rstats = replay_bag(ReplayPlan(in_bag, out / "protected_bag", ros_name(cfg.ros.camera_topic),
+                                       ros_name(cfg.ros.egress_topic),
+                                       rate=0.25, discovery_timeout=180.0, drain_s=30.0, max_wait_s=300.0,
+                                       wait_subscribed=(ros_name(cfg.ros.crops_topic),), first_wait_s=240.0))
         _say(f"   replay: {rstats}")
     finally:
         codes = graph.stop()
@@ -139,14 +139,18 @@ def run_demo(args: argparse.Namespace) -> int:
     from latent_rag_ros.eval.recovery import RecoveryConfig
     from latent_rag_ros.eval.runner import run_eval
 
-    if os.getloadavg()[0] > 1.0:
-        torch.set_num_threads(1)  # other work on the CPU: one OpenMP thread is much faster than two
+    # One OpenMP thread when other work shares the CPU (two were measured much slower then), all cores
+    # when it is idle. Measured now: the 1-minute load average still counts the graph just stopped.
+    if cpu_busy_share() > 0.5:
+        torch.set_num_threads(1)
 
     # A small U-Net attacker (16 base channels, batch 8, 128x64) so three attacks fit a CPU demo.
     attack = RecoveryConfig(steps=args.recovery_steps, channels=16, batch_size=8)
     n_ab = int(getattr(args, "ablation_queries", 8))
     iters = int(getattr(args, "comparison_iters", DEMO_COMPARISON_ITERS))
     comparisons = ("pixelfade", "avih") if iters > 0 else ()
+    if getattr(args, "anonymisers", False):
+        comparisons += ("privacyreid", "securereid")
     report = run_eval(cfg, str(in_bag), out / "report", models=models, protected_bag=str(out / "protected_bag"),
                       recovery_steps=args.recovery_steps, recovery=attack, progress=True,
                       store_path=str(store_dir), ablation=n_ab > 0, ablation_queries=n_ab or None,
@@ -154,6 +158,20 @@ def run_demo(args: argparse.Namespace) -> int:
                       comparison_params={n: {"iters": iters} for n in comparisons})
     _summary(report, out, rstats, models.random_weights, time.monotonic() - t_start)
     return 0
+
+
+def cpu_busy_share(window_s: float = 1.0) -> float:
+    """Share of all CPUs busy over ``window_s`` (from /proc/stat; 1.0 where that file does not exist)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)   # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(window_s)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 1.0
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 def _default_cfg() -> str:
@@ -183,7 +201,9 @@ def _summary(report: dict, out: Path, rstats: dict, random_weights: list[str], s
         "Rank-1 / mAP (identities from tracks, published images): " + ", ".join(
             f"{n} {get(p + 'utility.rank1')} / {get(p + 'utility.mAP')}" for n, p in (
                 ("latent-rag", ""), ("blur", "baselines.blur."), ("mosaic", "baselines.mosaic."),
-                ("pixelfade", "baselines.pixelfade."), ("avih", "baselines.avih."), ("none", "baselines.none."))),
+                ("pixelfade", "baselines.pixelfade."), ("avih", "baselines.avih."),
+                ("privacyreid", "baselines.privacyreid."), ("securereid", "baselines.securereid."),
+                ("none", "baselines.none.")) if get(p + "utility.rank1") is not None or n == "latent-rag"),
         f"report: {out / 'report' / 'report.md'} (json: report.json, figure: grid.png)",
         f"took {seconds:.0f} s",
     ]
