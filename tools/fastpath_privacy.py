@@ -60,7 +60,7 @@ def main() -> int:
     from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
     from latent_rag_ros.store import open_store
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--paths", default="eager,eager-b1,fast,folded,channels-last")
@@ -83,8 +83,8 @@ def main() -> int:
                        for i, fr in read_video_frames(VTEST, max_frames=200, frame_step=20)
                        for j, p in enumerate(crop_people(det, fr, cfg.detector))]
         with torch.no_grad():
-            build_store(store_crops, Path(tmp) / "store", models.reid, models.latent_encoder,
-                        built_with=model_fingerprint(models), progress=False)
+            build_store(BuildPlan(store_crops, Path(tmp) / "store", models.reid, models.latent_encoder,
+                                  built_with=model_fingerprint(models), progress=False))
         store = open_store(str(Path(tmp) / "store"))
         try:
             for name in [p for p in args.paths.split(",") if p]:

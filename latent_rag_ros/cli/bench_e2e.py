@@ -58,7 +58,7 @@ def build_gallery_store(cfg: Any, path: Path, step: int) -> dict[str, Any]:
     from latent_rag_ros.datasets import Sample, read_video_frames
     from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     models = build_models(cfg, "cpu", with_encoder=True)
     det = build_detector(cfg)
@@ -66,8 +66,8 @@ def build_gallery_store(cfg: Any, path: Path, step: int) -> dict[str, Any]:
                for i, fr in read_video_frames(VTEST, max_frames=GALLERY_FRAMES[1], frame_step=step)
                for j, p in enumerate(crop_people(det, fr, cfg.detector))]
     with torch.no_grad():
-        stats = build_store(gallery, path, models.reid, models.latent_encoder, batch_size=16,
-                            built_with=model_fingerprint(models), progress=False)
+        stats = build_store(BuildPlan(gallery, path, models.reid, models.latent_encoder, batch_size=16,
+                                      built_with=model_fingerprint(models), progress=False))
     return {"crops": len(gallery), "random_weights": models.random_weights, **stats}
 
 
