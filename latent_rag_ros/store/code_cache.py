@@ -1,0 +1,74 @@
+"""A bounded LRU of verified W+ codes, so hot entries skip SQLite and their tag/digest check.
+
+Why: a retrieval reads m codes of ~14 KiB each; through SQLite that is a page copy and an
+AES-GCM tag or BLAKE2b digest per code (docs/NOTES.md, "Fifth session"). A code enters the cache
+only after its row was read from SQLite and its tag/digest checked, in the store's dtype.
+
+Erasure: :meth:`CodeCache.drop` (called by ``remove``/``expire``), :meth:`CodeCache.clear` (rekey,
+close, another connection's commit) and LRU eviction overwrite the cached array with zeros before
+letting it go, so a removed entry's code stays in no cache buffer (test_store_code_cache.py).
+Ids are never reused by the store, so an id names one row version for the cache's lifetime.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import numpy as np
+
+
+class CodeCache:
+    """LRU id -> verified code (``capacity`` codes; 0 disables it); callers hold the store lock."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"latent_cache must be >= 0 codes, got {capacity}")
+        self.capacity = int(capacity)
+        self._codes: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def __contains__(self, id_: int) -> bool:
+        return id_ in self._codes
+
+    def get(self, id_: int) -> np.ndarray | None:
+        """The cached code of ``id_`` (now most recently used), or None."""
+        code = self._codes.get(id_)
+        if code is None:
+            self.misses += 1
+            return None
+        self._codes.move_to_end(id_)
+        self.hits += 1
+        return code
+
+    def put(self, id_: int, code: np.ndarray) -> None:
+        """Keep a private copy of ``code``; the least recently used code is zeroed and dropped when full."""
+        if not self.capacity:
+            return
+        old = self._codes.pop(id_, None)
+        if old is not None:
+            old.fill(0)
+        self._codes[id_] = np.array(code, copy=True)
+        while len(self._codes) > self.capacity:
+            _, evicted = self._codes.popitem(last=False)
+            evicted.fill(0)
+
+    def drop(self, ids: Iterable[int]) -> None:
+        """Zero and forget the codes of ``ids`` (erasure)."""
+        for id_ in ids:
+            code = self._codes.pop(int(id_), None)
+            if code is not None:
+                code.fill(0)
+
+    def clear(self) -> None:
+        """Zero and forget every code."""
+        for code in self._codes.values():
+            code.fill(0)
+        self._codes.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {"capacity": self.capacity, "codes": len(self._codes), "hits": self.hits, "misses": self.misses}
