@@ -1,7 +1,7 @@
 """A bounded LRU of verified W+ codes, so hot entries skip SQLite and their tag/digest check.
 
 Why: a retrieval reads m codes of ~14 KiB each; through SQLite that is a page copy and an
-AES-GCM tag or BLAKE2b digest per code (docs/NOTES.md, "Fifth session"). A code enters the cache
+AES-GCM tag or SHA-256 digest per code (docs/NOTES.md, "Fifth session"). A code enters the cache
 only after its row was read from SQLite and its tag/digest checked, in the store's dtype.
 
 Erasure: :meth:`CodeCache.drop` (called by ``remove``/``expire``), :meth:`CodeCache.clear` (rekey,

@@ -28,7 +28,8 @@ Encryption at rest (``key_file``, store/crypto.py): vectors, W+ codes, labels/na
 snapshot are sealed with AES-256-GCM, each value bound to its store, table and row id. The FAISS
 index is not rebuilt from rows on open but loaded from the encrypted snapshot (decrypting costs a
 fraction of an HNSW rebuild; bench numbers in docs/NOTES.md). Without a key values carry a
-BLAKE2b integrity digest. ``created_at``, ids and counts are not secret.
+SHA-256 integrity digest (BLAKE2b in stores made before ``meta.digest``). ``created_at``,
+ids and counts are not secret.
 
 Integrity: a damaged SQLite file raises :class:`StoreCorruptError` naming ``store.sqlite``; every
 value read is checked by its tag/digest (``verify="full"`` on open checks all of them, ``"size"``
@@ -77,7 +78,7 @@ from latent_rag_ros.store.base import (
     to_latent_dtype,
 )
 from latent_rag_ros.store.code_cache import CodeCache
-from latent_rag_ros.store.crypto import SealError, codec_for
+from latent_rag_ros.store.crypto import DIGESTS, SealError, codec_for
 from latent_rag_ros.store.snapshot import read_snapshot, write_snapshot
 from latent_rag_ros.store.sqlite_db import (
     FORMAT,
@@ -176,7 +177,7 @@ class FaissStore(VectorStore):
                 "format": FORMAT, "schema_version": SCHEMA_VERSION, "store_uuid": uuid, "created": _now(),
                 "dim": dim, "num_ws": num_ws, "w_dim": w_dim, "latent_dtype": latent_dtype, "metric": "cosine",
                 "built_with": dict(built_with or {}), "seq": 0, "next_id": 0, "index_params": params.to_dict(),
-                "encryption": codec.scheme, "key_id": codec.key_id,
+                "encryption": codec.scheme, "key_id": codec.key_id, "digest": DIGESTS[0],
                 "key_check": key_check(codec, uuid),
             }
             create_db(root / DB_NAME, meta)  # the store exists only once it is complete

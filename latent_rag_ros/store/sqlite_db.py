@@ -129,7 +129,7 @@ class StoreDB:
             if key_file:
                 raise StoreError(f"{self.path}: this store is not encrypted, but a key file was given ({key_file}); "
                                  "encrypt it with `latent-rag store rekey --new-key-file KEY` or drop the key")
-            codec: Codec = PlainCodec()
+            codec: Codec = PlainCodec(str(meta.get("digest", "blake2b")))  # no meta.digest: made before SHA-256
         elif scheme == AeadCodec.scheme:
             if not key_file:
                 raise StoreError(f"{self.path}: this store is encrypted (key id {stored_kid}); give its key file "
@@ -214,7 +214,7 @@ class StoreDB:
                 i = pos.get(id_)
                 if i is None:
                     continue
-                try:  # the tag/digest of every value read is checked (AES-GCM or BLAKE2b, see crypto.py)
+                try:  # the tag/digest of every value read is checked (AES-GCM or a digest, see crypto.py)
                     data = codec.open(f"{prefix}{id_}".encode(), blob)
                 except SealError as exc:
                     raise StoreCorruptError(str(self.path), f"{table} row {id_}: {exc}") from None
@@ -296,7 +296,10 @@ class StoreDB:
                                         [(new.seal(self.aad(table, i), self.unseal(table, i, b)), i) for i, b in rows])
                         count += len(rows)
                 upd = {"encryption": new.scheme, "key_id": new.key_id, "key_check": key_check(new, self.uuid)}
-                con.executemany("UPDATE meta SET value=? WHERE key=?", [(json.dumps(v), k) for k, v in upd.items()])
+                if isinstance(new, PlainCodec):
+                    upd["digest"] = new.digest
+                con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in upd.items()])
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
