@@ -4,9 +4,10 @@ Why: a retrieval reads m codes of ~14 KiB each; through SQLite that is a page co
 AES-GCM tag or SHA-256 digest per code (docs/NOTES.md, "Fifth session"). A code enters the cache
 only after its row was read from SQLite and its tag/digest checked, in the store's dtype.
 
-Erasure: :meth:`CodeCache.drop` (called by ``remove``/``expire``), :meth:`CodeCache.clear` (rekey,
-close, another connection's commit) and LRU eviction overwrite the cached array with zeros before
-letting it go, so a removed entry's code stays in no cache buffer (test_store_code_cache.py).
+Erasure: :meth:`CodeCache.drop` (called by ``remove``/``expire``) and :meth:`CodeCache.clear`
+(rekey, close, another connection's commit) overwrite the cached array with zeros before letting it
+go, and LRU eviction overwrites the evicted code's buffer with the new code, so a removed entry's
+code stays in no cache buffer (test_store_code_cache.py).
 Ids are never reused by the store, so an id names one row version for the cache's lifetime.
 """
 
@@ -46,16 +47,21 @@ class CodeCache:
         return code
 
     def put(self, id_: int, code: np.ndarray) -> None:
-        """Keep a private copy of ``code``; the least recently used code is zeroed and dropped when full."""
+        """Keep a private copy of ``code``; when full, it overwrites the least recently used code's buffer
+        (one write to memory instead of zeroing one buffer and filling a fresh one)."""
         if not self.capacity:
             return
-        old = self._codes.pop(id_, None)
-        if old is not None:
-            old.fill(0)
-        self._codes[id_] = np.array(code, copy=True)
-        while len(self._codes) > self.capacity:
-            _, evicted = self._codes.popitem(last=False)
-            evicted.fill(0)
+        self.drop([id_])
+        if len(self._codes) >= self.capacity:
+            _, buf = self._codes.popitem(last=False)
+            if buf.shape == code.shape and buf.dtype == code.dtype:
+                buf[...] = code
+            else:
+                buf.fill(0)
+                buf = np.array(code, copy=True)
+        else:
+            buf = np.array(code, copy=True)
+        self._codes[id_] = buf
 
     def drop(self, ids: Iterable[int]) -> None:
         """Zero and forget the codes of ``ids`` (erasure)."""
