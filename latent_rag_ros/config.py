@@ -146,6 +146,10 @@ class RosConfig:
     add_service: str = "add_identities"         # the trusted store's AddIdentities service
     remove_service: str = "remove_identities"   # the trusted store's RemoveIdentities service
     service_timeout_s: float = 2.0    # how long the protector waits for the store per frame
+    # History depth of the store services' requests and replies, both ends. rmw_fastrtps hands EVERY
+    # client of a service EVERY reply and filters at take, so a robot busy for a moment must hold the
+    # other robots' replies too; with ROS's default depth of 10 its own reply was pushed out (lost).
+    service_depth: int = 100
     status_period_s: float = 1.0      # period of each node's /diagnostics status
     max_queue: int = 2                # crop batches waiting for the protector (latest wins)
     camera_transport: str = "raw"  # raw: Image on camera_topic; compressed: CompressedImage on <topic>/compressed
@@ -307,13 +311,14 @@ NODE_KEYS: dict[str, tuple[str, ...]] = {
                       "ros.status_period_s", "ros.camera_transport", "ros.max_frame_pixels", "ros.max_frame_bytes",
                       "ros.max_frame_age_s"),
     "protector_node": ("models.", "protector.", "ros.crops_topic", "ros.protected_topic", "ros.retrieve_service",
-                       "ros.output_qos.", "ros.service_timeout_s", "ros.status_period_s", "ros.max_queue",
-                       "ros.max_frame_pixels", "ros.max_frame_bytes", "ros.max_frame_age_s", "link."),
+                       "ros.output_qos.", "ros.service_timeout_s", "ros.service_depth", "ros.status_period_s",
+                       "ros.max_queue", "ros.max_frame_pixels", "ros.max_frame_bytes", "ros.max_frame_age_s", "link."),
     "egress_node": ("ros.protected_topic", "ros.egress_topic", "ros.output_qos.", "ros.status_period_s",
                     "ros.egress_image_topic", "ros.heartbeat_topic", "ros.heartbeat_period_s", "ros.evaluation_mode"),
-    "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.remove_service", "ros.status_period_s",
-                   "link."),
-    "relay_node": ("link.relay_service", "ros.retrieve_service", "ros.service_timeout_s", "ros.status_period_s"),
+    "store_node": ("store.", "ros.retrieve_service", "ros.add_service", "ros.remove_service", "ros.service_depth",
+                   "ros.status_period_s", "link."),
+    "relay_node": ("link.relay_service", "ros.retrieve_service", "ros.service_timeout_s", "ros.service_depth",
+                   "ros.status_period_s"),
 }
 # Keys a running node applies at once (read on every frame/request); all others are read-only and
 # need a restart (models, topics, QoS, devices, store location).
@@ -331,6 +336,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "store.rate_limit_burst": (0.0, 1e6), "detector.upscale": (0.1, 10.0), "detector.min_height": (0, 100000),
     "detector.max_crops": (1, 1024), "detector.pad": (0.0, 1.0), "ros.camera_qos.depth": (1, 10000),
     "ros.output_qos.depth": (1, 10000), "ros.service_timeout_s": (0.001, 3600.0),
+    "ros.service_depth": (1, 100000),
     "ros.status_period_s": (0.01, 3600.0), "ros.max_queue": (1, 10000), "ros.heartbeat_period_s": (0.01, 3600.0),
     "models.reid_input_height": (8, 4096), "models.reid_input_width": (8, 4096),
 }

@@ -45,3 +45,17 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     for name in ("pixelfade", "avih"):
         assert 0.0 <= report["baselines"][name]["privacy"]["ssim_mean"] < 1.0
     assert len(u["backbones"]) == 2 and "deepsort_mobilenetv2" in u["backbones"]   # trained model + ImageNet one
+
+
+def test_cpu_busy_share_sees_a_spinning_process() -> None:
+    """The demo picks its evaluation thread count from this: one spinning process on N cores is >= 1/N busy."""
+    from latent_rag_ros.cli.demo import cpu_busy_share
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = cpu_busy_share(1.0)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert 0.0 <= busy <= 1.0
+    assert busy >= 0.8 / (os.cpu_count() or 1)

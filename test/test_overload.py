@@ -19,7 +19,8 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
-from latent_rag_ros.nodes.common import LatestSlot
+from latent_rag_ros.config import RosConfig
+from latent_rag_ros.nodes.common import LatestSlot, service_qos
 from latent_rag_ros.nodes.graph import Graph
 from latent_rag_ros.srv import RetrieveLatents
 from latent_rag_ros.store import open_store
@@ -140,15 +141,17 @@ def test_eight_robot_clients_on_one_store_node_none_starves(tmp_path: Path) -> N
         spin = threading.Thread(target=ex.spin, daemon=True)
         spin.start()
         try:
-            cli = node.create_client(RetrieveLatents, "/latent_rag/retrieve_latents")
+            cli = node.create_client(RetrieveLatents, "/latent_rag/retrieve_latents",
+                                     qos_profile=service_qos(RosConfig().service_depth))   # as the protector
             if not cli.wait_for_service(timeout_sec=60):
                 errors.append(f"robot {i}: no service")
                 return
             r = np.random.default_rng(i)
             for _ in range(REQUESTS):
-                # A reply can be lost in DDS (seen in CI: 1 request of 120 unanswered). A robot retries, as
-                # the protector does on the next frame; this one re-sends after 20 s, counts each loss,
-                # and gives up after 3 in a row.
+                # Replies were lost here (CI: 1 of 120) while robots used ROS's default service depth of
+                # 10: each robot receives every robot's replies (test_service_qos.py). With the package's
+                # depth a loss should not happen; a robot still re-sends after 20 s, as the protector
+                # does on the next frame, counts each loss, and gives up after 3 in a row.
                 for _try in range(3):
                     done = threading.Event()
                     env = sealers[i].seal("retrieve", {"m": 4, "exclude_id": -1},

@@ -27,7 +27,9 @@ def client(index: int, requests: int, dim: int, m: int, service: str, keys_dir: 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
+    from latent_rag_ros.config import RosConfig
     from latent_rag_ros.nodes import link
+    from latent_rag_ros.nodes.common import service_qos
     from latent_rag_ros.security import ClientSealer, load_key
     from latent_rag_ros.srv import RetrieveLatents
 
@@ -38,7 +40,7 @@ def client(index: int, requests: int, dim: int, m: int, service: str, keys_dir: 
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     threading.Thread(target=ex.spin, daemon=True).start()
-    cli = node.create_client(RetrieveLatents, service)
+    cli = node.create_client(RetrieveLatents, service, qos_profile=service_qos(RosConfig().service_depth))
     if not cli.wait_for_service(timeout_sec=60):
         raise SystemExit(f"robot {index}: {service} not available")
     rng = np.random.default_rng(index)

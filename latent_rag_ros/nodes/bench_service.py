@@ -25,7 +25,8 @@ def service_round_trip(store_path: str | None = None, n: int = 100, m: int = 10,
     """
     import rclpy
 
-    from latent_rag_ros.config import RETRIEVE_SERVICE
+    from latent_rag_ros.config import RETRIEVE_SERVICE, RosConfig
+    from latent_rag_ros.nodes.common import service_qos
     from latent_rag_ros.nodes.graph import Graph
     from latent_rag_ros.nodes.link import open_reply, to_request
     from latent_rag_ros.security import ClientSealer, new_key
@@ -53,7 +54,8 @@ def service_round_trip(store_path: str | None = None, n: int = 100, m: int = 10,
             rclpy.init()
         node = rclpy.create_node("bench_service_client")
         try:
-            client = node.create_client(RetrieveLatents, RETRIEVE_SERVICE)
+            client = node.create_client(RetrieveLatents, RETRIEVE_SERVICE,
+                                        qos_profile=service_qos(RosConfig().service_depth))
             if not client.wait_for_service(timeout_sec=60.0):
                 raise TimeoutError("store_node did not come up within 60 s")
             times = []

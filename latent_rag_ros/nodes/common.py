@@ -25,7 +25,7 @@ from rcl_interfaces.msg import (
 )
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from latent_rag_ros.config import (
@@ -130,6 +130,16 @@ def qos_profile(q: QosCfg) -> QoSProfile:
     """QoS profile from config: keep-last ``depth`` with the configured reliability."""
     rel = ReliabilityPolicy.BEST_EFFORT if q.reliability == "best_effort" else ReliabilityPolicy.RELIABLE
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=q.depth, reliability=rel)
+
+
+def service_qos(depth: int) -> QoSProfile:
+    """QoS of the store services (both ends): ROS's service defaults with a deeper history.
+
+    Every client of a service receives every reply and keeps only its own at take (rmw_fastrtps), so a
+    robot whose executor is busy while other robots are served needs room for their replies as well.
+    """
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
 
 
 def frame_limits(cfg: Config) -> FrameLimits:

@@ -32,6 +32,7 @@ from latent_rag_ros.nodes.common import (
     image_to_bgr,
     now_ms,
     qos_profile,
+    service_qos,
 )
 from latent_rag_ros.nodes.egress_node import sign_protected
 from latent_rag_ros.nodes.link import client_sealer, open_reply, to_request
@@ -89,7 +90,7 @@ class ProtectorNode(ManagedNode):
                         random_weights=",".join(self.random_weights) or "none", store_reachable="unknown")
         # the trusted store directly (local store over SHM) or through the host-local relay (remote store)
         service = self.cfg.link.relay_service if self.cfg.link.via_relay else self.cfg.ros.retrieve_service
-        self.client = self.create_client(RetrieveLatents, service)
+        self.client = self.create_client(RetrieveLatents, service, qos_profile=service_qos(self.cfg.ros.service_depth))
         self._sealer = None
         self._link_sealer()
         self.pub = self.create_lifecycle_publisher(ProtectedCrop, self.cfg.ros.protected_topic,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
-from latent_rag_ros.nodes.common import NodeStatus, declare_config, now_ms
+from latent_rag_ros.nodes.common import NodeStatus, declare_config, now_ms, service_qos
 from latent_rag_ros.security import PROTOCOL_VERSION
 from latent_rag_ros.srv import RetrieveLatents
 
@@ -31,8 +31,11 @@ class RelayNode(Node):
                              "the relay would call itself; give them different names")
         self.status = NodeStatus(self, self.cfg.ros.status_period_s)
         self.group = ReentrantCallbackGroup()
-        self.upstream = self.create_client(RetrieveLatents, self.cfg.ros.retrieve_service, callback_group=self.group)
-        self.create_service(RetrieveLatents, self.cfg.link.relay_service, self.on_retrieve, callback_group=self.group)
+        qos = service_qos(self.cfg.ros.service_depth)
+        self.upstream = self.create_client(RetrieveLatents, self.cfg.ros.retrieve_service, qos_profile=qos,
+                                           callback_group=self.group)
+        self.create_service(RetrieveLatents, self.cfg.link.relay_service, self.on_retrieve, qos_profile=qos,
+                            callback_group=self.group)
         self.status.set(self.status.level, "relaying", upstream=self.cfg.ros.retrieve_service)
         self.get_logger().info(f"relaying {self.cfg.link.relay_service} -> {self.cfg.ros.retrieve_service} "
                                "(sealed envelopes only)")

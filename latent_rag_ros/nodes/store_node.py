@@ -29,7 +29,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 
 from latent_rag_ros.config import demo_store_hint, demo_store_path
 from latent_rag_ros.core.retrieval import RetrievalError, retrieve
-from latent_rag_ros.nodes.common import now_ms
+from latent_rag_ros.nodes.common import now_ms, service_qos
 from latent_rag_ros.nodes.managed import ManagedNode
 from latent_rag_ros.security import PROTOCOL_VERSION, Gate, KeyRing, Opened, RefusedError, SealedRequest
 from latent_rag_ros.srv import AddIdentities, RemoveIdentities, RetrieveLatents
@@ -84,11 +84,14 @@ class StoreNode(ManagedNode):
 
     def activate(self) -> None:
         """Serve RetrieveLatents, AddIdentities and RemoveIdentities; start the retention timer."""
-        group = ReentrantCallbackGroup()
+        group, qos = ReentrantCallbackGroup(), service_qos(self.cfg.ros.service_depth)
         self._served = [
-            self.create_service(RetrieveLatents, self.cfg.ros.retrieve_service, self.on_retrieve, callback_group=group),
-            self.create_service(AddIdentities, self.cfg.ros.add_service, self.on_add, callback_group=group),
-            self.create_service(RemoveIdentities, self.cfg.ros.remove_service, self.on_remove, callback_group=group),
+            self.create_service(RetrieveLatents, self.cfg.ros.retrieve_service, self.on_retrieve, qos_profile=qos,
+                                callback_group=group),
+            self.create_service(AddIdentities, self.cfg.ros.add_service, self.on_add, qos_profile=qos,
+                                callback_group=group),
+            self.create_service(RemoveIdentities, self.cfg.ros.remove_service, self.on_remove, qos_profile=qos,
+                                callback_group=group),
         ]
         if self.cfg.store.max_age_s > 0:
             self._retention_timer = self.create_timer(self.cfg.store.retention_check_s, self._expire)
