@@ -11,21 +11,10 @@ autostart:=false leaves the transitions to a lifecycle manager.
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
 
-from latent_rag_ros.nodes.launch_parts import latent_rag_node, shared_arguments
+from latent_rag_ros.nodes.launch_parts import store_actions
 
 
 def generate_launch_description() -> LaunchDescription:
-    share = get_package_share_directory("latent_rag_ros")
-    config = LaunchConfiguration("config_file")
-    # services are relative names in the namespace: use the robot's namespace or remap them
-    return LaunchDescription([
-        *shared_arguments(share),
-        DeclareLaunchArgument("store_path", default_value="",
-                              description="store directory (FAISS) or Milvus URI; empty: the config's store.path"),
-        latent_rag_node("store_node", parameters=[config, {"config_file": config,
-                                                           "store.path": LaunchConfiguration("store_path"),
-                                                           "use_sim_time": LaunchConfiguration("use_sim_time")}]),
-    ])
+    """What `ros2 launch` runs: the actions from latent_rag_ros.nodes.launch_parts."""
+    return LaunchDescription(store_actions(get_package_share_directory("latent_rag_ros")))

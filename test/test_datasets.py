@@ -137,14 +137,14 @@ def test_video_needs_detector_and_yields_named_crops() -> None:
 
 
 def test_bag_source_carries_labels(tmp_path: Path) -> None:
-    from latent_rag_ros.eval.bags import make_bag
+    from latent_rag_ros.eval.bags import BagPlan, make_bag
 
     cap = cv2.VideoCapture(VTEST)
     frames = [cap.read()[1] for _ in range(3)]
     cap.release()
     boxes = [[100.0, 50.0, 164.0, 178.0], [300.0, 200.0, 364.0, 328.0]]
     labels = [{"boxes": boxes, "pids": ["0001", "0002"], "camid": 4}] * 2 + [None]
-    make_bag(frames, tmp_path / "cam", labels=labels, start_ns=10**18)
+    make_bag(BagPlan(frames, tmp_path / "cam", labels=labels, start_ns=10**18))
     samples = list(D.open_source(tmp_path / "cam"))
     # two labelled frames -> 2 crops each; the unlabelled frame -> the whole frame
     assert [(s.pid, s.camid, s.frame) for s in samples] == [

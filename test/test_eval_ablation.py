@@ -23,15 +23,15 @@ def test_ablation_variants_and_stage_costs(tmp_path: Path) -> None:
     from latent_rag_ros.eval.metrics import image_similarity
     from latent_rag_ros.models.factory import build_models, model_fingerprint
     from latent_rag_ros.store import open_store
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     cfg = load_config(None, SMALL)
     models = build_models(cfg, "cpu", with_encoder=True)
     frames = [f for _, f in read_video_frames(VTEST, max_frames=3)]
     crops = [crop(f, (x, y, x + w, y + h)) for f in frames for x, y, w, h in BOXES]
     with torch.no_grad():
-        build_store([Sample(c, f"c{i}") for i, c in enumerate(crops)], tmp_path / "s", models.reid,
-                    models.latent_encoder, built_with=model_fingerprint(models), progress=False)
+        build_store(BuildPlan([Sample(c, f"c{i}") for i, c in enumerate(crops)], tmp_path / "s", models.reid,
+                              models.latent_encoder, built_with=model_fingerprint(models), progress=False))
     store = open_store(str(tmp_path / "s"))
     try:
         seen = {}

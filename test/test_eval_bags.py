@@ -29,8 +29,8 @@ def frames() -> list[np.ndarray]:
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_frames_round_trip(tmp_path: Path, frames: list[np.ndarray], storage: str) -> None:
     labels = [{"boxes": [[10, 20, 74, 148]], "pids": ["0003"], "camid": 2}] * 3 + [None] * 3
-    stats = bags.make_bag(frames, tmp_path / "bag", storage=storage, rate_hz=5.0, labels=labels,
-                          start_ns=1_700_000_000_000_000_000)
+    stats = bags.make_bag(bags.BagPlan(frames, tmp_path / "bag", storage=storage, rate_hz=5.0, labels=labels,
+                                       start_ns=1_700_000_000_000_000_000))
     assert stats == {"path": str(tmp_path / "bag"), "frames": 6, "labelled": 3,
                      "topic": bags.IMAGE_TOPIC, "storage": storage}
     got = list(bags.read_images(tmp_path / "bag"))
@@ -52,7 +52,7 @@ def test_frames_round_trip(tmp_path: Path, frames: list[np.ndarray], storage: st
     with pytest.raises(bags.BagError, match="no topic"):
         list(bags.read_images(tmp_path / "bag", topic="/nope"))
     with pytest.raises(bags.BagError, match="exists already"):
-        bags.make_bag(frames, tmp_path / "bag", storage=storage)
+        bags.make_bag(bags.BagPlan(frames, tmp_path / "bag", storage=storage))
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])

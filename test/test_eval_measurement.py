@@ -31,7 +31,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory):
 
     tmp = tmp_path_factory.mktemp("meas")
     frames = [f for _, f in read_video_frames(VTEST, max_frames=4)]
-    bags.make_bag(frames, tmp / "cam", start_ns=10**18, rate_hz=10)
+    bags.make_bag(bags.BagPlan(frames, tmp / "cam", start_ns=10**18, rate_hz=10))
     stamps = [s for _, s, _ in bags.read_images(tmp / "cam")]
     cfg = load_config(None, SMALL)
     models = build_models(cfg, "cpu", with_encoder=False)

@@ -63,7 +63,7 @@ def test_demo_protection_regression(tmp_path: Path) -> None:
     from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
     from latent_rag_ros.store import open_store
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     if not VTEST.is_file():
         pytest.fail("vtest.avi missing: tools/setup.sh installs it (Debian opencv-doc): run make setup")
@@ -77,8 +77,8 @@ def test_demo_protection_regression(tmp_path: Path) -> None:
                    for i, fr in read_video_frames(VTEST, max_frames=200, frame_step=20)
                    for j, p in enumerate(crop_people(det, fr, cfg.detector))]
     with torch.no_grad():
-        build_store(store_crops, tmp_path / "store", models.reid, models.latent_encoder,
-                    built_with=model_fingerprint(models), progress=False)
+        build_store(BuildPlan(store_crops, tmp_path / "store", models.reid, models.latent_encoder,
+                              built_with=model_fingerprint(models), progress=False))
     q, qp, qc, g, gp, gc = _crops()
     assert len(q) == 16
     store = open_store(str(tmp_path / "store"))

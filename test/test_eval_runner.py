@@ -193,7 +193,7 @@ def test_eval_protected_bag(tmp_path: Path) -> None:
     from latent_rag_ros.models.factory import build_models
 
     frames = [f for _, f in read_video_frames(VTEST, max_frames=4)]
-    bags.make_bag(frames, tmp_path / "cam", start_ns=10**18, rate_hz=10)
+    bags.make_bag(bags.BagPlan(frames, tmp_path / "cam", start_ns=10**18, rate_hz=10))
     stamps = [s for _, s, _ in bags.read_images(tmp_path / "cam")]
     cfg = load_config(None, dict(s.split("=", 1) for s in SMALL))
     models = build_models(cfg, "cpu", with_encoder=False)
@@ -222,14 +222,14 @@ def test_eval_protected_bag(tmp_path: Path) -> None:
 
 def test_sources_without_split_are_split_by_identity(tmp_path: Path) -> None:
     from latent_rag_ros.datasets import Sample
-    from latent_rag_ros.eval.bags import make_bag
+    from latent_rag_ros.eval.bags import BagPlan, make_bag
     from latent_rag_ros.eval.runner import load_eval_data
 
     rng = np.random.default_rng(0)
     pids = ["a", "a", "b", "c", "c", "c", None]
     samples = [Sample(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8), f"s{i}", p, None if p is None else 5)
                for i, p in enumerate(pids)]
-    make_bag(samples, tmp_path / "bag", start_ns=10**18)
+    make_bag(BagPlan(samples, tmp_path / "bag", start_ns=10**18))
     data = load_eval_data(tmp_path / "bag")
     assert data.q_pids == ["a", "c"] and data.labelled
     assert sorted(str(p) for p in data.g_pids) == ["None", "a", "b", "c", "c"]

@@ -18,10 +18,10 @@ SMALL = ["models.generator=random", "models.latent_encoder=random", "models.rand
 
 def _bag(path: Path, n: int) -> None:
     from latent_rag_ros.datasets import read_video_frames
-    from latent_rag_ros.eval.bags import make_bag
+    from latent_rag_ros.eval.bags import BagPlan, make_bag
 
     frames = [f for i, f in read_video_frames(VTEST, max_frames=700, frame_step=3) if i >= 600][:n]
-    make_bag(frames, path, rate_hz=10 / 3)
+    make_bag(BagPlan(frames, path, rate_hz=10 / 3))
 
 
 def _run(argv: list[str]) -> int:

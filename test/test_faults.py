@@ -32,7 +32,7 @@ from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.egress_node import egress_problem
 from latent_rag_ros.nodes.graph import Graph, Respawn, provision_local_keys
 from latent_rag_ros.people import crop_people
-from latent_rag_ros.store.build import build_store
+from latent_rag_ros.store.build import BuildPlan, build_store
 
 from rosutil import Probe, vtest_frames, wait_for, write_params
 
@@ -116,8 +116,8 @@ def fault_setup(tmp_path_factory: pytest.TempPathFactory):
         for j, p in enumerate(crop_people(detector, frame, cfg.detector)):
             samples.append(Sample(image=p.crop, name=f"vtest#f{i}_b{j}", frame=i))
     with torch.no_grad():
-        build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=model_fingerprint(models), progress=False)
+        build_store(BuildPlan(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
+                              built_with=model_fingerprint(models), progress=False))
     # the camera side of the stream: real person crops of later frames, as the detector publishes them
     crops = []
     for frame in vtest_frames([420, 460, 500]):

@@ -79,9 +79,9 @@ def test_detector_takes_a_compressed_bag_and_survives_garbage(tmp_path: Path) ->
                  "garbage counted as frames_invalid")
         # the bag's JPEG frames, played the way `latent-rag replay` plays a camera bag (in a process of
         # its own: it waits for "a publisher on the egress topic", here the detector's crops topic)
-        code = ("import sys; from latent_rag_ros.nodes.replay import replay_bag; r = replay_bag(sys.argv[1], "
-                "sys.argv[2], camera_topic='/cam', egress_topic='/latent_rag/crops', wait_subscribed=(), "
-                "first_wait_s=1.0, drain_s=1.0, discovery_timeout=60); print(r)")
+        code = ("import sys; from latent_rag_ros.nodes.replay import ReplayPlan, replay_bag; r = replay_bag(ReplayPlan("
+                "sys.argv[1], sys.argv[2], camera_topic='/cam', egress_topic='/latent_rag/crops', wait_subscribed=(), "
+                "first_wait_s=1.0, drain_s=1.0, discovery_timeout=60)); print(r)")
         for i in range(3):
             res = subprocess.run([sys.executable, "-c", code, str(bag), str(tmp_path / f"out{i}")],
                                  capture_output=True, text=True, timeout=120)

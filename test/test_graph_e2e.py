@@ -23,7 +23,7 @@ from latent_rag_ros.msg import PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.graph import Graph, provision_local_keys
 from latent_rag_ros.people import crop_people
-from latent_rag_ros.store.build import build_store
+from latent_rag_ros.store.build import BuildPlan, build_store
 
 from rosutil import Probe, vtest_frames, wait_for, write_params
 
@@ -52,8 +52,8 @@ def graph_setup(tmp_path_factory: pytest.TempPathFactory):
             samples.append(Sample(image=p.crop, name=f"vtest#f{i}_b{j}", frame=i))
     assert len(samples) >= 6, "HOG found too few people in vtest.avi to build a store"
     with torch.no_grad():
-        build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=model_fingerprint(models), progress=False)
+        build_store(BuildPlan(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
+                              built_with=model_fingerprint(models), progress=False))
     return cfg_file, cfg, models.reid.dim
 
 
@@ -126,22 +126,22 @@ def test_protected_crops_reach_egress_and_never_carry_raw_bytes(graph_setup) -> 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_bag_replay_through_the_graph_and_eval(graph_setup, tmp_path, storage) -> None:
     """make-bag (real frames) -> replay into the running graph -> recorded bag -> evaluation report."""
-    from latent_rag_ros.eval.bags import make_bag, read_protected
+    from latent_rag_ros.eval.bags import BagPlan, make_bag, read_protected
     from latent_rag_ros.eval.runner import run_eval
-    from latent_rag_ros.nodes.replay import replay_bag
+    from latent_rag_ros.nodes.replay import ReplayPlan, replay_bag
 
     cfg_file, cfg, _ = graph_setup
     bag = tmp_path / "camera"
-    make_bag(vtest_frames([420, 440, 460, 480, 500, 520]), bag, storage=storage, rate_hz=2.0)
+    make_bag(BagPlan(vtest_frames([420, 440, 460, 480, 500, 520]), bag, storage=storage, rate_hz=2.0))
     graph = Graph()
     try:
         # evaluation mode: egress keeps labels and stage timings for the report
         graph.start(["store_node", "detector_node", "protector_node", "egress_node"], str(cfg_file),
                     {"ros.evaluation_mode": True})
-        stats = replay_bag(str(bag), str(tmp_path / "protected"), ros_name(cfg.ros.camera_topic),
-                           ros_name(cfg.ros.egress_topic),
-                           rate=1.0, storage=storage, discovery_timeout=120, drain_s=8.0, max_wait_s=240,
-                           wait_subscribed=(ros_name(cfg.ros.crops_topic),))
+        stats = replay_bag(ReplayPlan(str(bag), str(tmp_path / "protected"), ros_name(cfg.ros.camera_topic),
+                                      ros_name(cfg.ros.egress_topic),
+                                      rate=1.0, storage=storage, discovery_timeout=120, drain_s=8.0, max_wait_s=240,
+                                      wait_subscribed=(ros_name(cfg.ros.crops_topic),)))
         assert not graph.failed()
     finally:
         codes = graph.stop(timeout=60.0)   # a loaded 2-core machine needs more than the default 10 s

@@ -34,7 +34,7 @@ from latent_rag_ros.nodes.graph import provision_local_keys
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.security import ClientSealer, new_key
 from latent_rag_ros.srv import RetrieveLatents
-from latent_rag_ros.store.build import build_store
+from latent_rag_ros.store.build import BuildPlan, build_store
 
 from launchutil import LaunchRun, require_launch, wait_gone
 from rosutil import Probe, call, vtest_frames, wait_for, write_params
@@ -65,8 +65,8 @@ def store_setup(tmp_path_factory: pytest.TempPathFactory):
                for j, p in enumerate(crop_people(detector, frame, cfg.detector))]
     assert len(samples) >= 4, "HOG found too few people in vtest.avi to build a store"
     with torch.no_grad():
-        build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=model_fingerprint(models), progress=False)
+        build_store(BuildPlan(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
+                              built_with=model_fingerprint(models), progress=False))
     return tmp, cfg_file, cfg, models.reid.dim
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import stat
 from pathlib import Path
@@ -20,7 +19,7 @@ from latent_rag_ros.cli.training import config_flags
 from latent_rag_ros.config import ConfigError, load_config
 from latent_rag_ros.core.generation import StepOptions
 from latent_rag_ros.datasets import needs_detector
-from latent_rag_ros.eval.bags import make_bag
+from latent_rag_ros.eval.bags import BagPlan, make_bag
 from latent_rag_ros.models.detectors import DETECTOR_FACTORIES, load_detector
 from latent_rag_ros.models.reid import REID_FACTORIES, load_reid
 from latent_rag_ros.training.encoder import EncoderTrainConfig
@@ -78,7 +77,7 @@ def test_the_source_detector_rule(tmp_path: Path) -> None:
     writer.write(frame)
     writer.release()
     bag = tmp_path / "bag"
-    make_bag([frame], bag)
+    make_bag(BagPlan([frame], bag))
     assert needs_detector(video) and needs_detector(bag)
     assert not needs_detector(crops)
 
@@ -103,10 +102,10 @@ def test_training_flags_come_from_the_dataclass_fields(command: str, cls: type) 
 
 def test_topic_defaults_live_in_config() -> None:
     from latent_rag_ros import bagio
-    from latent_rag_ros.nodes.replay import replay_bag
+    from latent_rag_ros.nodes.replay import ReplayPlan
 
     ros = config.RosConfig()
-    defaults = {k: v.default for k, v in inspect.signature(replay_bag).parameters.items()}
+    defaults = {f.name: f.default for f in dataclasses.fields(ReplayPlan)}
     assert defaults["camera_topic"] == config.ros_name(ros.camera_topic) == config.CAMERA_TOPIC
     assert defaults["egress_topic"] == ros.egress_topic == bagio.PROTECTED_TOPIC
     assert defaults["wait_subscribed"] == (config.ros_name(ros.crops_topic),)

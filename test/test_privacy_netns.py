@@ -35,7 +35,7 @@ from latent_rag_ros.config import load_config
 from latent_rag_ros.datasets import Sample
 from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
 from latent_rag_ros.people import crop_people
-from latent_rag_ros.store.build import build_store
+from latent_rag_ros.store.build import BuildPlan, build_store
 
 from conftest import VTEST
 from rosutil import vtest_frames, write_params
@@ -180,8 +180,8 @@ def _build_store(cfg_file: Path) -> None:
             samples.append(Sample(image=p.crop, name=f"vtest#f{i}_b{j}", frame=i))
     assert len(samples) >= 6, "HOG found too few people in vtest.avi to build a store"
     with torch.no_grad():
-        build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=model_fingerprint(models), progress=False)
+        build_store(BuildPlan(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
+                              built_with=model_fingerprint(models), progress=False))
 
 
 @pytest.fixture(scope="module")

@@ -120,10 +120,10 @@ def test_cli_protect_a_folder_and_a_video_without_ros(tmp_path: Path) -> None:
     assert len(json.loads((out2 / "index.json").read_text())["items"]) >= 1
     # a bag folder holds whole frames too: the detector cuts people out of it (datasets.needs_detector;
     # before issue #12 a bag got no detector and whole 768x576 frames were "protected")
-    from latent_rag_ros.eval.bags import make_bag
+    from latent_rag_ros.eval.bags import BagPlan, make_bag
 
     bag = tmp_path / "clip_bag"
-    make_bag(list(vtest_frames([300, 301])), bag)
+    make_bag(BagPlan(list(vtest_frames([300, 301])), bag))
     out3 = tmp_path / "out3"
     assert cli_main(["protect", "--input", str(bag), "--out", str(out3), "--store", str(store), *sets]) == 0
     items = json.loads((out3 / "index.json").read_text())["items"]

@@ -22,7 +22,7 @@ from torch import nn
 from latent_rag_ros.cli.store import register
 from latent_rag_ros.core.imaging import bgr_to_tensor
 from latent_rag_ros.store import StoreError, StoreMismatchError, open_store
-from latent_rag_ros.store.build import build_store
+from latent_rag_ros.store.build import BuildPlan, build_store
 
 from nets import TinyReID
 
@@ -77,7 +77,7 @@ class Interrupting:
 def test_build_store_embeds_inverts_and_records_models(tmp_path: Path) -> None:
     reid, enc = TinyReID(dim=16).eval(), TinyEncoder().eval()
     samples = _samples(21)
-    stats = build_store(samples, tmp_path / "s", reid, enc, batch_size=8, progress=False)
+    stats = build_store(BuildPlan(samples, tmp_path / "s", reid, enc, batch_size=8, progress=False))
     assert stats["added"] == 21 and stats["size"] == 21 and not stats["resumed"]
     s = open_store(tmp_path / "s", dim=16, num_ws=3, w_dim=8,
                    built_with={"reid": "tiny_reid", "latent_encoder": "tiny_e4e_3x8"})
@@ -98,13 +98,13 @@ def test_build_resumes_after_interruption_without_duplicates(tmp_path: Path) -> 
     reid, enc = TinyReID(dim=16).eval(), TinyEncoder().eval()
     samples = _samples(30)
     with pytest.raises(KeyboardInterrupt):
-        build_store(Interrupting(samples, 19), tmp_path / "s", reid, enc, batch_size=8, progress=False)
+        build_store(BuildPlan(Interrupting(samples, 19), tmp_path / "s", reid, enc, batch_size=8, progress=False))
     s = open_store(tmp_path / "s")
     assert len(s) == 16  # two whole batches were acknowledged before the interruption
     s.close()
-    stats = build_store(samples, tmp_path / "s", reid, enc, batch_size=8, progress=False)
+    stats = build_store(BuildPlan(samples, tmp_path / "s", reid, enc, batch_size=8, progress=False))
     assert stats["resumed"] and stats["skipped_existing"] == 16 and stats["added"] == 14
-    build_store(samples, tmp_path / "ref", reid, enc, batch_size=8, progress=False)
+    build_store(BuildPlan(samples, tmp_path / "ref", reid, enc, batch_size=8, progress=False))
     a, b = open_store(tmp_path / "s"), open_store(tmp_path / "ref")
     assert a.get_names(a.ids()) == b.get_names(b.ids())
     np.testing.assert_allclose(a.get_vectors(a.ids()), b.get_vectors(b.ids()), atol=1e-6)
@@ -115,22 +115,22 @@ def test_build_resumes_after_interruption_without_duplicates(tmp_path: Path) -> 
 
 def test_build_refuses_other_models_or_shapes(tmp_path: Path) -> None:
     reid, enc = TinyReID(dim=16).eval(), TinyEncoder().eval()
-    build_store(_samples(5), tmp_path / "s", reid, enc, batch_size=4, progress=False,
-                built_with={"generator": "sg3:aaa", "reid": "tiny", "latent_encoder": "e4e:1"})
+    build_store(BuildPlan(_samples(5), tmp_path / "s", reid, enc, batch_size=4, progress=False,
+                          built_with={"generator": "sg3:aaa", "reid": "tiny", "latent_encoder": "e4e:1"}))
     more = _samples(9, seed=1)
     for i, smp in enumerate(more):
         smp.name = f"new{i}"
     with pytest.raises(StoreMismatchError, match="generator"):
-        build_store(more, tmp_path / "s", reid, enc, progress=False,
-                    built_with={"generator": "sg3:bbb", "reid": "tiny", "latent_encoder": "e4e:1"})
+        build_store(BuildPlan(more, tmp_path / "s", reid, enc, progress=False,
+                              built_with={"generator": "sg3:bbb", "reid": "tiny", "latent_encoder": "e4e:1"}))
     with pytest.raises(StoreMismatchError, match="W\\+"):
-        build_store(more, tmp_path / "s", reid, TinyEncoder(num_ws=4), progress=False,
-                    built_with={"generator": "sg3:aaa", "reid": "tiny", "latent_encoder": "e4e:1"})
+        build_store(BuildPlan(more, tmp_path / "s", reid, TinyEncoder(num_ws=4), progress=False,
+                              built_with={"generator": "sg3:aaa", "reid": "tiny", "latent_encoder": "e4e:1"}))
     with pytest.raises(StoreMismatchError, match="identity dim"):
-        build_store(more, tmp_path / "s", TinyReID(dim=8), enc, progress=False,
-                    built_with={"generator": "sg3:aaa", "reid": "tiny", "latent_encoder": "e4e:1"})
+        build_store(BuildPlan(more, tmp_path / "s", TinyReID(dim=8), enc, progress=False,
+                              built_with={"generator": "sg3:aaa", "reid": "tiny", "latent_encoder": "e4e:1"}))
     with pytest.raises(StoreError, match="already exists"):
-        build_store(more, tmp_path / "s", reid, enc, resume=False, progress=False)
+        build_store(BuildPlan(more, tmp_path / "s", reid, enc, resume=False, progress=False))
     s = open_store(tmp_path / "s")
     assert len(s) == 5  # nothing was added by the refused runs
     s.close()
@@ -146,7 +146,7 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_cli_stats_verify_compact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    build_store(_samples(6), tmp_path / "s", TinyReID(dim=16).eval(), TinyEncoder().eval(), progress=False)
+    build_store(BuildPlan(_samples(6), tmp_path / "s", TinyReID(dim=16).eval(), TinyEncoder().eval(), progress=False))
     assert _cli(["store", "stats", str(tmp_path / "s")]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["size"] == 6 and stats["dim"] == 16 and stats["built_with"]["reid"] == "tiny_reid"

@@ -32,7 +32,7 @@ from latent_rag_ros.eval.runner import embed_crops
 from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store import open_store
-from latent_rag_ros.store.build import build_store
+from latent_rag_ros.store.build import BuildPlan, build_store
 
 
 def _setting(text: str, base):
@@ -61,8 +61,8 @@ def main() -> int:
         gallery = [Sample(image=p.crop, name=f"f{i}_{j}", frame=i) for i in range(0, 480, 8)
                    for j, p in enumerate(crop_people(detector, frames[i], cfg.detector))]
         with torch.no_grad():
-            build_store(gallery, args.store, models.reid, models.latent_encoder, built_with=model_fingerprint(models),
-                        progress=False)
+            build_store(BuildPlan(gallery, args.store, models.reid, models.latent_encoder,
+                                  built_with=model_fingerprint(models), progress=False))
     store = open_store(args.store, read_only=True)
     qcfg = replace(cfg.detector, max_crops=4)
     crops, frame_of = [], []

@@ -64,7 +64,7 @@ def _build_store(cfg_file: Path) -> None:
     from latent_rag_ros.datasets import Sample
     from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     cfg = load_config(cfg_file)
     models = build_models(cfg, "cpu", with_encoder=True)
@@ -73,8 +73,8 @@ def _build_store(cfg_file: Path) -> None:
                for i, fr in zip(range(0, 200, 5), _frames(0, 200)[::5])
                for j, p in enumerate(crop_people(det, fr, cfg.detector))]
     with torch.no_grad():
-        build_store(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
-                    built_with=model_fingerprint(models), progress=False)
+        build_store(BuildPlan(samples, cfg.store.path, models.reid, models.latent_encoder, batch_size=8,
+                              built_with=model_fingerprint(models), progress=False))
 
 
 def _plot(rows: list[dict], lat_rows: list[dict], path: Path) -> None:

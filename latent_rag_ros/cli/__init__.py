@@ -111,11 +111,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Play a bag's camera topic into the running graph and record /reid/protected."""
     # lazy: ROS 2 (rclpy): optional, absent from a pip install
-    from latent_rag_ros.nodes.replay import replay_bag
+    from latent_rag_ros.nodes.replay import ReplayPlan, replay_bag
 
     cfg = config_from_args(args)
-    stats = replay_bag(args.bag, args.out, ros_name(cfg.ros.camera_topic), ros_name(cfg.ros.egress_topic), args.topic,
-                       args.rate, args.storage, drain_s=args.drain, wait_subscribed=(ros_name(cfg.ros.crops_topic),))
+    stats = replay_bag(ReplayPlan(args.bag, args.out, ros_name(cfg.ros.camera_topic), ros_name(cfg.ros.egress_topic),
+                                  args.topic, args.rate, args.storage, drain_s=args.drain,
+                                  wait_subscribed=(ros_name(cfg.ros.crops_topic),)))
     print(json.dumps(stats))
     return 0 if stats["protected_received"] > 0 else 1
 
@@ -134,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Errors a user can fix (a missing or wrong file, store, bag, option): one line and exit code 2, no
 # traceback (``--debug`` shows it). Matched by class name so this module imports no heavy layer.
-USER_ERRORS = {"ConfigError", "DatasetError", "ModelFileError", "BagError", "StoreError", "RetrievalError",
+USER_ERRORS = {"ConfigError", "PlanError", "DatasetError", "ModelFileError", "BagError", "StoreError", "RetrievalError",
                "FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError", "ReaderError"}
 ROS_MODULES = ("rclpy", "rcl_interfaces", "sensor_msgs", "diagnostic_msgs", "latent_rag_ros.msg",
                "latent_rag_ros.srv", "latent_rag_ros.nodes")

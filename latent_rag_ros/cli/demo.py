@@ -50,10 +50,10 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from latent_rag_ros.datasets import Sample, read_video_frames
-    from latent_rag_ros.eval.bags import make_bag
+    from latent_rag_ros.eval.bags import BagPlan, make_bag
     from latent_rag_ros.models.factory import build_detector, build_models, model_fingerprint
     from latent_rag_ros.people import crop_people
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     if not VTEST.is_file():
         _say(f"{VTEST} is missing: install it with `sudo apt-get install opencv-doc` (make setup does this as root)")
@@ -88,20 +88,20 @@ def run_demo(args: argparse.Namespace) -> int:
         for j, p in enumerate(crop_people(detector, frames[i], cfg.detector)):
             gallery.append(Sample(image=p.crop, name=f"vtest#f{i:04d}_b{j}", frame=i))
     with torch.no_grad():
-        stats = build_store(gallery, store_dir, models.reid, models.latent_encoder, batch_size=16,
-                            built_with=model_fingerprint(models), progress=True)
+        stats = build_store(BuildPlan(gallery, store_dir, models.reid, models.latent_encoder, batch_size=16,
+                                      built_with=model_fingerprint(models), progress=True))
     _say(f"   store: {stats}")
 
     _say("2/5 query: writing the later frames as a rosbag2 (the camera stream)")
     query_idx = list(range(QUERY_START, QUERY_START + args.query_frames * 3, 3))
     query_idx = [i for i in query_idx if i in frames]
     in_bag = out / "camera_bag"
-    make_bag([frames[i] for i in query_idx], in_bag, rate_hz=10.0 / 3)
+    make_bag(BagPlan([frames[i] for i in query_idx], in_bag, rate_hz=10.0 / 3))
 
     _say("3/5 starting store, detector, protector and egress nodes (private ROS domain)")
     # lazy: ROS 2 (rclpy): optional, absent from a pip install
     from latent_rag_ros.nodes.graph import Graph
-    from latent_rag_ros.nodes.replay import replay_bag
+    from latent_rag_ros.nodes.replay import ReplayPlan, replay_bag
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(110, 200)))
@@ -122,10 +122,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 {**overrides, **settings}, env=env, log_dir=str(out / "logs"))
     try:
         _say("4/5 replaying the camera bag into the graph, recording /reid/protected")
-        rstats = replay_bag(str(in_bag), str(out / "protected_bag"), ros_name(cfg.ros.camera_topic),
-                            ros_name(cfg.ros.egress_topic),
-                            rate=0.25, discovery_timeout=180.0, drain_s=30.0, max_wait_s=300.0,
-                            wait_subscribed=(ros_name(cfg.ros.crops_topic),), first_wait_s=240.0)
+        rstats = replay_bag(ReplayPlan(in_bag, out / "protected_bag", ros_name(cfg.ros.camera_topic),
+                                       ros_name(cfg.ros.egress_topic),
+                                       rate=0.25, discovery_timeout=180.0, drain_s=30.0, max_wait_s=300.0,
+                                       wait_subscribed=(ros_name(cfg.ros.crops_topic),), first_wait_s=240.0))
         _say(f"   replay: {rstats}")
     finally:
         codes = graph.stop()

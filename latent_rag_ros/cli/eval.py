@@ -115,10 +115,10 @@ def _comparisons(text: str) -> list[str]:
 def cmd_make_bag(args: argparse.Namespace) -> int:
     """Write a dataset, a folder of crops or a video as a rosbag2 camera stream (with labels when known)."""
     # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
-    from latent_rag_ros.eval.bags import make_bag
+    from latent_rag_ros.eval.bags import BagPlan, make_bag
 
-    stats = make_bag(args.input, args.out, topic=args.topic, storage=args.storage, rate_hz=args.rate,
-                     progress=not args.quiet, split=args.split)
+    stats = make_bag(BagPlan(args.input, args.out, topic=args.topic, storage=args.storage, rate_hz=args.rate,
+                             progress=not args.quiet, split=args.split))
     print(json.dumps(stats))
     return 0 if stats["frames"] else 1
 

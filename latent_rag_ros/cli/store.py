@@ -53,7 +53,7 @@ def _build(args: argparse.Namespace, out: str, resume: bool, must_exist: bool) -
     # lazy: heavy (torch, faiss, cv2): loaded only when this subcommand runs
     from latent_rag_ros.models.factory import model_fingerprint
     from latent_rag_ros.store import open_store
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     key = args.key_file or config_from_args(args).store.key_file or None
     if must_exist:
@@ -62,9 +62,10 @@ def _build(args: argparse.Namespace, out: str, resume: bool, must_exist: bool) -
     opts: dict[str, Any] = {"key_file": key} if key else {}
     if getattr(args, "latent_dtype", None):
         opts["latent_dtype"] = args.latent_dtype
-    stats = build_store(_samples(cfg, args.images, args.split, args.limit), out, models.reid, models.latent_encoder,
-                        batch_size=args.batch_size or cfg.protector.batch_size, resume=resume,
-                        built_with=model_fingerprint(models), progress=not args.quiet, store_opts=opts or None)
+    plan = BuildPlan(_samples(cfg, args.images, args.split, args.limit), out, models.reid, models.latent_encoder,
+                     batch_size=args.batch_size or cfg.protector.batch_size, resume=resume,
+                     built_with=model_fingerprint(models), progress=not args.quiet, store_opts=opts or None)
+    stats = build_store(plan)
     _print(stats)
     return 0
 

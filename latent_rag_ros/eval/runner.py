@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latent_rag_ros import plans
 from latent_rag_ros.eval import measure
 from latent_rag_ros.eval.baselines import BASELINES, apply_baseline
 from latent_rag_ros.eval.measure import Backbone, embed_crops, embed_published, parse_reid_list, published
@@ -42,9 +43,9 @@ __all__ = ["EvalData", "EvalPlan", "embed_crops", "embed_published", "load_eval_
 SWEEP_KEYS = {"m": "protector.m", "T": "protector.steps"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalPlan:
-    """What one evaluation runs (the fields were ``run_eval``'s keyword parameters).
+    """What one evaluation runs (the fields were ``run_eval``'s keyword parameters); a bad field raises PlanError.
 
     ``cfg``: a Config, or a config file path / None (then ``overrides`` apply). ``reid_names``: extra
     backbones ``kind[:path]`` judged on the same protected queries (Table II). ``sweeps``: e.g.
@@ -81,6 +82,17 @@ class EvalPlan:
     grid_columns: int = 6
     progress: bool = True
     log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        plans.path(self, "source")
+        plans.path(self, "out_dir")
+        plans.at_least(self, "recovery_steps", 0)
+        plans.text(self, "recovery_model")
+        plans.at_least(self, "max_queries", 1, optional=True)
+        plans.at_least(self, "max_gallery", 0, optional=True)
+        plans.at_least(self, "max_attack", 0, optional=True)
+        plans.at_least(self, "ablation_queries", 1, optional=True)
+        plans.at_least(self, "grid_columns", 1)
 
 
 @dataclass
@@ -269,7 +281,7 @@ def _build_store(run: _Run) -> None:
     import shutil
 
     from latent_rag_ros.models.factory import model_fingerprint
-    from latent_rag_ros.store.build import build_store
+    from latent_rag_ros.store.build import BuildPlan, build_store
 
     data = run.data
     run.store_path = run.out / "store"
@@ -280,8 +292,8 @@ def _build_store(run: _Run) -> None:
     run.say(f"building the trusted store from {len(data.g_samples)} gallery crops -> {run.store_path}")
     t = time.perf_counter()
     with torch.no_grad():
-        build_store(data.g_samples, run.store_path, run.models.reid, run.models.latent_encoder,
-                    batch_size=16, built_with=model_fingerprint(run.models), progress=run.plan.progress)
+        build_store(BuildPlan(data.g_samples, run.store_path, run.models.reid, run.models.latent_encoder,
+                              batch_size=16, built_with=model_fingerprint(run.models), progress=run.plan.progress))
     run.wall["store_build"] = time.perf_counter() - t
 
 

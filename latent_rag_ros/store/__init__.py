@@ -26,14 +26,15 @@ from latent_rag_ros.store.milvus_store import MilvusStore
 
 LOG = logging.getLogger(__name__)
 _MILVUS_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+BACKENDS = ("auto", "faiss", "milvus")   # what ``backend=`` accepts (``auto``: chosen from the location)
 
-__all__ = ["StoreCorruptError", "StoreError", "StoreMismatchError", "StoreNotFoundError", "VectorStore", "open_store",
-           "resolve_backend"]
+__all__ = ["BACKENDS", "StoreCorruptError", "StoreError", "StoreMismatchError", "StoreNotFoundError", "VectorStore",
+           "open_store", "resolve_backend"]
 
 
 def resolve_backend(path_or_uri: str | os.PathLike, backend: str = "auto") -> str:
     """``faiss`` or ``milvus`` for a location (``auto``: URIs and ``*.db`` files are Milvus)."""
-    if backend not in ("auto", "faiss", "milvus"):
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto', 'faiss' or 'milvus', got {backend!r}")
     if backend != "auto":
         return backend

@@ -6,7 +6,8 @@ encoder's working size, inverted by the latent encoder (``latent_encoder(images)
 [B, num_ws, w_dim]``), then appended durably with the sample's identity label (``pid``) and its
 unique ``name``. A rerun after an interruption skips every name already in the store, and the
 store records what it was built with, so resuming with other models fails with
-StoreMismatchError instead of mixing embeddings.
+StoreMismatchError instead of mixing embeddings. A :class:`BuildPlan` says what to build;
+:func:`build_store` runs it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,8 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from latent_rag_ros import plans
 from latent_rag_ros.core.imaging import bgr_to_tensor
-from latent_rag_ros.store import open_store, resolve_backend
+from latent_rag_ros.store import BACKENDS, open_store, resolve_backend
 from latent_rag_ros.store.base import StoreError, StoreMismatchError, StoreNotFoundError, VectorStore
 from latent_rag_ros.store.faiss_store import DB_NAME, LEGACY_MANIFEST
 
@@ -80,35 +83,66 @@ def _batches(samples: Iterable[SampleLike], size: int) -> Iterator[list[SampleLi
         yield batch
 
 
-def build_store(
-    samples: Iterable[SampleLike],
-    out: str | os.PathLike,
-    reid: Any,
-    latent_encoder: Any,
-    batch_size: int = 16,
-    resume: bool = True,
-    built_with: dict[str, str] | None = None,
-    progress: bool = True,
-    image_size: tuple[int, int] | None = None,
-    backend: str = "auto",
-    store_opts: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Embed and invert every sample into the store at ``out``; returns build statistics.
+@dataclass(frozen=True)
+class BuildPlan:
+    """What one store build does (the fields were ``build_store``'s parameters); a bad field raises PlanError.
 
-    ``resume=True`` continues an existing store (samples whose ``name`` it holds are skipped);
-    ``resume=False`` requires that no store exists at ``out`` yet. ``built_with`` defaults to the
-    models' names. Model calls run under ``torch.no_grad`` (an optimisation-based encoder enables
-    gradients inside its own forward).
+    ``samples``: crops with ``image``/``name``/``pid`` (:class:`SampleLike`), embedded ``batch_size`` at
+    a time by ``reid`` (``reid(images) -> [B, dim]``, with a ``dim`` attribute) and inverted by
+    ``latent_encoder`` (``-> [B, num_ws, w_dim]``) at ``image_size`` (default: :func:`working_size`).
+    ``resume=True`` continues an existing store at ``out`` (samples whose ``name`` it holds are
+    skipped); ``resume=False`` requires that no store exists there yet. ``built_with`` (the model
+    fingerprint the store records) defaults to the models' names. ``backend``: auto / faiss /
+    milvus; ``store_opts``: extra ``open_store`` keywords (``key_file``, ``latent_dtype``).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    built_with = dict(built_with or default_built_with(reid, latent_encoder))
-    size = image_size or working_size(latent_encoder, reid)
+
+    samples: Iterable[SampleLike] = field(repr=False)
+    out: str | os.PathLike[str]
+    reid: Any = field(repr=False)
+    latent_encoder: Any = field(repr=False)
+    batch_size: int = 16
+    resume: bool = True
+    built_with: dict[str, str] | None = None
+    progress: bool = True
+    image_size: tuple[int, int] | None = None
+    backend: str = "auto"
+    store_opts: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        plans.require(self, "samples", isinstance(self.samples, Iterable) and not isinstance(
+            self.samples, (str, bytes, os.PathLike)), "an iterable of samples (image, name, pid)")
+        plans.path(self, "out")
+        plans.require(self, "reid", callable(self.reid) and hasattr(self.reid, "dim"),
+                      "a re-ID model: callable, with a 'dim' attribute")
+        plans.require(self, "latent_encoder", callable(self.latent_encoder), "a callable latent encoder")
+        plans.at_least(self, "batch_size", 1)
+        plans.require(self, "built_with", self.built_with is None or (isinstance(self.built_with, dict) and all(
+            isinstance(k, str) for k in self.built_with)), "a dict of model fingerprints or None")
+        if isinstance(self.image_size, list):
+            object.__setattr__(self, "image_size", tuple(self.image_size))
+        plans.require(self, "image_size", self.image_size is None or (isinstance(self.image_size, tuple) and len(
+            self.image_size) == 2 and all(isinstance(v, int) and v > 0 for v in self.image_size)),
+            "(height, width) of positive ints or None")
+        plans.one_of(self, "backend", BACKENDS)
+        plans.require(self, "store_opts", self.store_opts is None or isinstance(self.store_opts, dict),
+                      "a dict of open_store keywords or None")
+
+
+def build_store(plan: BuildPlan) -> dict[str, Any]:
+    """Embed and invert every sample of ``plan`` into the store at ``plan.out``; returns build statistics.
+
+    Model calls run under ``torch.no_grad`` (an optimisation-based encoder enables gradients inside
+    its own forward).
+    """
+    samples, out, reid, latent_encoder = plan.samples, plan.out, plan.reid, plan.latent_encoder
+    backend, store_opts, batch_size = plan.backend, plan.store_opts, plan.batch_size
+    built_with = dict(plan.built_with or default_built_with(reid, latent_encoder))
+    size = plan.image_size or working_size(latent_encoder, reid)
     device = _device_of(latent_encoder) if _device_of(latent_encoder).type != "cpu" else _device_of(reid)
     dim = int(reid.dim)
     reid_size = tuple(int(v) for v in reid.input_size) if getattr(reid, "input_size", None) is not None else None
     exists = _store_exists(out, backend)
-    if exists and not resume:
+    if exists and not plan.resume:
         raise StoreError(f"{out}: a store already exists; resume it or choose another output")
     store: VectorStore | None = None
     if exists:
@@ -118,7 +152,7 @@ def build_store(
                              "resumed": exists, "built_with": built_with, "image_size": list(size)}
     total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
     t0 = time.monotonic()
-    bar = tqdm(total=total, desc=f"build-store {Path(str(out)).name}", unit="crop", disable=not progress or None)
+    bar = tqdm(total=total, desc=f"build-store {Path(str(out)).name}", unit="crop", disable=not plan.progress or None)
     try:
         for batch in _batches(samples, batch_size):
             bar.update(len(batch))

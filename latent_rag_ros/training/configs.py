@@ -10,7 +10,30 @@ from latent_rag_ros.training.augment import parse_policy
 
 
 @dataclass
-class GeneratorTrainConfig:
+class RunSettings:
+    """What both trainers' runs share: batch, length, data flips, seed, checkpointing, budget and device.
+
+    Subclasses redeclare ``steps`` with their own default; the fields keep this order in both.
+    """
+
+    batch: int = 16
+    steps: int = 1000
+    xflip: float = 0.5              # probability of mirroring each real crop
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    minutes: float = 0.0            # wall-clock budget of one invocation (0: none)
+    threads: int = 0
+    device: str = "cpu"
+
+    def validate_run(self) -> None:
+        """Raise ValueError for run settings that cannot train."""
+        if self.batch < 2 or self.steps < 0 or self.checkpoint_every < 1:
+            raise ValueError("need batch >= 2, steps >= 0, checkpoint_every >= 1")
+
+
+@dataclass
+class GeneratorTrainConfig(RunSettings):
     """Architecture and optimisation settings of a generator training run (defaults: the demo model)."""
 
     resolution: int = 64            # image height; width is height / 2 (StyleGAN-Human's square=False)
@@ -23,7 +46,6 @@ class GeneratorTrainConfig:
     w_dim: int = 128
     mapping_layers: int = 2
     d_channels: int = 64            # discriminator channel_max (channel_base = 16 * d_channels)
-    batch: int = 16
     steps: int = 2000
     g_lr: float = 0.0025            # StyleGAN3-T defaults
     d_lr: float = 0.002
@@ -32,8 +54,6 @@ class GeneratorTrainConfig:
     ema_kimg: float = 5.0
     ema_rampup: float = 0.05
     augment: str = "color,translation,cutout"
-    xflip: float = 0.5              # probability of mirroring each real crop
-    seed: int = 0
     recon_weight: float = 0.0       # > 0: joint encoder / reconstruction warm-up (see module doc)
     recon_l2: float = 1.0
     recon_l1: float = 1.0
@@ -42,11 +62,6 @@ class GeneratorTrainConfig:
     e_width: float = 0.25
     e_blocks: list[int] = field(default_factory=lambda: [1, 2, 2, 1])
     e_style_width: int = 64
-    checkpoint_every: int = 200
-    log_every: int = 20
-    minutes: float = 0.0            # wall-clock budget of one invocation (0: none)
-    threads: int = 0
-    device: str = "cpu"
 
     def generator_kwargs(self) -> dict[str, Any]:
         """Constructor kwargs of the StyleGAN3-T generator (rectangular ``resolution x resolution/2``)."""
@@ -60,15 +75,16 @@ class GeneratorTrainConfig:
         """Raise ValueError for settings that cannot train."""
         if self.resolution < 16 or self.resolution & (self.resolution - 1):
             raise ValueError("resolution must be a power of two >= 16")
-        if self.batch < 2 or self.steps < 0 or self.r1_interval < 1 or self.checkpoint_every < 1:
-            raise ValueError("need batch >= 2, steps >= 0, r1_interval >= 1, checkpoint_every >= 1")
+        self.validate_run()
+        if self.r1_interval < 1:
+            raise ValueError("r1_interval must be >= 1")
         if len(self.e_blocks) != 4:
             raise ValueError("e_blocks needs four IR-SE stage depths")
         parse_policy(self.augment)
 
 
 @dataclass
-class EncoderTrainConfig:
+class EncoderTrainConfig(RunSettings):
     """Settings of an encoder training run (defaults: the demo encoder)."""
 
     # architecture of a fresh encoder (with ``init`` the checkpoint's architecture is used instead)
@@ -76,8 +92,6 @@ class EncoderTrainConfig:
     blocks: list[int] = field(default_factory=lambda: [1, 2, 2, 1])
     style_width: int = 64           # conv width of the map2style heads
     init: str = ""                  # start from this E4E checkpoint (e.g. the generator run's encoder_warm.pt)
-    batch: int = 16
-    steps: int = 1000
     lr: float = 0.0005
     l2: float = 1.0
     l1: float = 1.0
@@ -87,15 +101,9 @@ class EncoderTrainConfig:
     reid_size: list[int] = field(default_factory=lambda: [128, 64])
     delta_weight: float = 2e-4      # e4e's delta-norm regulariser
     progressive_every: int = 0      # steps per newly unlocked W+ delta (0: all deltas from the start)
-    xflip: float = 0.5
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 20
-    minutes: float = 0.0
-    threads: int = 0
-    device: str = "cpu"
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot train."""
-        if self.batch < 2 or self.steps < 0 or self.checkpoint_every < 1 or len(self.blocks) != 4:
-            raise ValueError("need batch >= 2, steps >= 0, checkpoint_every >= 1 and four block counts")
+        self.validate_run()
+        if len(self.blocks) != 4:
+            raise ValueError("blocks needs four IR-SE stage depths")
