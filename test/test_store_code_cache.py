@@ -28,16 +28,25 @@ def _store(root: Path, n: int = 400, **opts) -> tuple[FaissStore, np.ndarray]:
     return s, w
 
 
+def _warm(s: FaissStore, ids: list[int]) -> None:
+    """Read ids twice: a code enters the cache on its second read (admission on the second read)."""
+    s.get_latents(ids)
+    s.get_latents(ids)
+
+
 def test_cached_and_uncached_reads_return_the_same_codes(tmp_path: Path) -> None:
-    s, w = _store(tmp_path / "s", latent_cache=8)
+    s, w = _store(tmp_path / "s", latent_cache=8, latent_dtype="float16")
+    w = w.astype(np.float16).astype(np.float32)  # what a float16 store gives back
     ids = np.array([3, 9, 3, 200, 9])
-    first = s.get_latents(ids)  # misses: read from SQLite, digests checked
-    again = s.get_latents(ids)  # hits
-    np.testing.assert_array_equal(first, w[ids])
-    np.testing.assert_array_equal(again, w[ids])
+    first = s.get_latents(ids)  # misses: read from SQLite, digests checked, ids remembered
+    assert s.stats()["latent_cache"]["codes"] == 0
+    second = s.get_latents(ids)  # misses again: now copied into the cache
+    third = s.get_latents(ids)  # hits
+    for got in (first, second, third):
+        np.testing.assert_array_equal(got, w[ids])
     st = s.stats()["latent_cache"]
-    assert st["codes"] == 3 and st["hits"] >= 5 and st["capacity"] == 8
-    s.get_latents(np.arange(20))  # more codes than the cache holds: the least recently used go
+    assert st["codes"] == 3 and st["hits"] == 5 and st["capacity"] == 8
+    _warm(s, list(range(20)))  # more codes than the cache holds: the least recently used go
     assert s.stats()["latent_cache"]["codes"] == 8
     s.get_latents(np.arange(CACHED_READ_MAX + 1))  # bulk reads bypass the cache
     assert s.stats()["latent_cache"]["codes"] == 8
@@ -52,7 +61,7 @@ def test_cached_and_uncached_reads_return_the_same_codes(tmp_path: Path) -> None
 
 def test_remove_zeroes_the_cached_code_and_never_serves_it(tmp_path: Path) -> None:
     s, w = _store(tmp_path / "s")
-    s.get_latents([5, 6])
+    _warm(s, [5, 6])
     held = s._cache._codes[5]  # the cache's own buffer of entry 5 (peeked at to check erasure)
     assert np.array_equal(held, w[5].astype(held.dtype)) and held.any()
     s.remove([5])
@@ -61,7 +70,7 @@ def test_remove_zeroes_the_cached_code_and_never_serves_it(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="unknown or removed ids"):
         s.get_latents([5])
     gone = s.ids_with_label("p1")  # expire/label removal goes the same way
-    s.get_latents(gone[:4])
+    _warm(s, gone[:4].tolist())
     buffers = [s._cache._codes[int(i)] for i in gone[:4]]
     s.remove(gone)
     assert not any(b.any() for b in buffers)
@@ -73,7 +82,8 @@ def test_remove_zeroes_the_cached_code_and_never_serves_it(tmp_path: Path) -> No
 def test_read_only_view_does_not_serve_a_code_the_writer_removed(tmp_path: Path) -> None:
     s, w = _store(tmp_path / "s")
     ro = FaissStore(tmp_path / "s", read_only=True, verify="size")
-    np.testing.assert_array_equal(ro.get_latents([7, 8]), w[[7, 8]])  # now cached in the view
+    _warm(ro, [7, 8])
+    np.testing.assert_array_equal(ro.get_latents([7, 8]), w[[7, 8]])  # served from the view's cache
     assert 7 in ro._cache
     s.remove([7])
     with pytest.raises(ValueError, match="removed since this read-only view was opened"):
@@ -85,6 +95,8 @@ def test_read_only_view_does_not_serve_a_code_the_writer_removed(tmp_path: Path)
 
 def test_a_row_changed_behind_the_store_is_checked_again(tmp_path: Path) -> None:
     s, w = _store(tmp_path / "s")
+    _warm(s, [11])
+    assert 11 in s._cache
     np.testing.assert_array_equal(s.get_latents([11]), w[[11]])
     con = sqlite3.connect(tmp_path / "s" / "store.sqlite", isolation_level=None)
     blob = bytearray(con.execute("SELECT w FROM latents WHERE id=11").fetchone()[0])
@@ -98,7 +110,7 @@ def test_a_row_changed_behind_the_store_is_checked_again(tmp_path: Path) -> None
 
 def test_rekey_empties_the_cache_and_codes_still_read(tmp_path: Path) -> None:
     s, w = _store(tmp_path / "s")
-    s.get_latents([1, 2])
+    _warm(s, [1, 2])
     held = s._cache._codes[1]
     key = tmp_path / "k.key"
     generate_key_file(key)
@@ -112,9 +124,13 @@ def test_code_cache_lru_order_and_zeroing() -> None:
     c = CodeCache(2)
     a, b, d = (np.full(4, x, np.float16) for x in (1, 2, 3))
     c.put(1, a)
+    assert 1 not in c  # first read: only the id is remembered
+    c.put(1, a)
+    c.put(2, b)
     c.put(2, b)
     assert c.get(1) is not None  # 1 is now the most recently used
     evicted = c._codes[2]
+    c.put(3, d)
     c.put(3, d)
     assert 2 not in c and 1 in c and 3 in c
     assert c._codes[3] is evicted and np.array_equal(evicted, d), "the evicted buffer holds the new code"

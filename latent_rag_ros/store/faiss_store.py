@@ -211,7 +211,7 @@ class FaissStore(VectorStore):
         self._broken: BaseException | None = None
         self._lock_fd = -1
         self._db: StoreDB | None = None
-        self._cache = CodeCache(int(latent_cache))  # verified W+ codes of hot entries (store/code_cache.py)
+        self._cache = CodeCache(int(latent_cache))  # verified float32 W+ codes of hot entries (store/code_cache.py)
         self._db_version = -1
         if not self.db_path.is_file():
             if (self.path / LEGACY_MANIFEST).exists():
@@ -611,10 +611,13 @@ class FaissStore(VectorStore):
                 else:
                     out[j] = code
             if miss:
-                got = self._read_rows("latents", q[miss], self._dtype, shape)
-                out[miss] = got
-                for id_, code in zip(q[miss].tolist(), got):
-                    cache.put(id_, code)
+                got = self._read_rows("latents", q[miss], self._dtype, shape, np.dtype(np.float32))
+                if len(miss) == len(q):
+                    out = got
+                else:
+                    out[miss] = got
+                for id_, code in dict(zip(q[miss].tolist(), got)).items():  # once per id, even when repeated
+                    cache.put(id_, code)  # float32, as served: a hit is a plain copy
             return out
 
     def _sync_cache(self) -> None:
