@@ -2,7 +2,8 @@
 
 Why: a retrieval reads m codes of ~14 KiB each; through SQLite that is a page copy and an
 AES-GCM tag or SHA-256 digest per code (docs/NOTES.md, "Fifth session"). A code enters the cache
-only after its row was read from SQLite and its tag/digest checked, in the store's dtype.
+only after its row was read from SQLite and its tag/digest checked, as float32 (as served, so a hit
+is a plain copy: 0.034 ms for 10 codes of 14x512 vs 0.084 ms when kept as float16).
 
 Erasure: :meth:`CodeCache.drop` (called by ``remove``/``expire``) and :meth:`CodeCache.clear`
 (rekey, close, another connection's commit) overwrite the cached array with zeros before letting it
