@@ -22,7 +22,7 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-m", "latent_rag_ros.cli", "demo", "--out", str(out),
                            "--query-frames", "6", "--recovery-steps", "2", "--ablation-queries", "1",
-                           "--comparison-iters", "2"],
+                           "--comparison-iters", "2", "--anonymisers"],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[demo]")]
@@ -42,8 +42,9 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     md = (out / "report" / "report.md").read_text()
     assert "Table IV" in md and "Table V" in md
     # issue 16 items 3-4: PixelFade and AVIH rows; the trained demo re-ID model plus the DeepSORT transfer backbone
-    for name in ("pixelfade", "avih"):
+    for name in ("pixelfade", "avih", "privacyreid", "securereid"):   # the last two: --anonymisers
         assert 0.0 <= report["baselines"][name]["privacy"]["ssim_mean"] < 1.0
+    assert any("privacyreid" in ln and "Rank-1" in ln for ln in lines)
     assert len(u["backbones"]) == 2 and "deepsort_mobilenetv2" in u["backbones"]   # trained model + ImageNet one
 
 

@@ -94,7 +94,7 @@ def test_comparison_batching_does_not_change_results_and_bad_input_is_refused() 
     many = apply_comparison("avih", net, crops, {"iters": 4}, batch_size=3)
     assert all(np.array_equal(a, b) for a, b in zip(one, many))
     with pytest.raises(ValueError, match="unknown comparison"):
-        apply_comparison("securereid", net, crops)
+        apply_comparison("nope", net, crops)
     with pytest.raises(ValueError, match="bad parameter"):
         apply_comparison("pixelfade", net, crops, {"nope": 1})
     with pytest.raises(ValueError, match="crop 0"):

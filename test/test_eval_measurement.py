@@ -100,7 +100,7 @@ def test_published_is_a_lossless_uint8_round_trip() -> None:
 
 
 def test_comparison_methods_share_the_measurement_path(recorded, monkeypatch) -> None:
-    """PixelFade and AVIH rows carry the baselines' report keys and are measured through embed_published."""
+    """PixelFade, AVIH, PrivacyReID and SecureReID rows carry the baselines' report keys and share embed_published."""
     from latent_rag_ros.datasets import crop
     from latent_rag_ros.eval import bags, measure, runner
     from latent_rag_ros.eval.comparisons import apply_comparison
@@ -112,23 +112,24 @@ def test_comparison_methods_share_the_measurement_path(recorded, monkeypatch) ->
     real = measure.embed_published
     monkeypatch.setattr(measure, "embed_published", lambda net, imgs, *a, **k: calls.append(len(imgs)) or real(
         net, imgs, *a, **k))
-    params = {"pixelfade": {"iters": 3}, "avih": {"iters": 3}}
+    params = {"pixelfade": {"iters": 3}, "avih": {"iters": 3}, "privacyreid": {}, "securereid": {}}
     rep = runner.run_eval(cfg, str(tmp / "cam"), tmp / "cmp", models=models, protected_bag=str(tmp / "prot"),
                           recovery_steps=0, progress=False, recovery=RecoveryConfig(height=32, width=16, channels=8),
-                          comparisons=("pixelfade", "avih"), comparison_params=params, table_v=False)
+                          comparisons=tuple(params), comparison_params=params, table_v=False)
     n_q = rep["source"]["n_query"]
-    assert calls.count(n_q) >= 7   # raw queries + latent_rag, none, blur, mosaic, pixelfade, avih
+    assert calls.count(n_q) >= 9   # raw queries + latent_rag, none, blur, mosaic and the four comparison methods
     blur = rep["baselines"]["blur"]
     frames = {s: f for _, s, f in bags.read_images(tmp / "cam")}
     orig = [crop(frames[s], (x, y, x + w, y + h)) for s, x, y, w, h in rep["source"]["query_keys"]]
-    for name in ("pixelfade", "avih"):
+    for name in params:
         row = rep["baselines"][name]
         assert set(row) == set(blur) and set(row["utility"]) == set(blur["utility"])
-        assert rep["comparison_params"][name]["iters"] == 3
+        assert rep["comparison_params"][name].get("iters", 3) == 3       # anonymisers record their checkpoint
+        assert "checkpoint" in rep["comparison_params"][name] or name in ("pixelfade", "avih")
         # recomputed outside the runner from the same deterministic protection: the same figures
         prot = apply_comparison(name, models.reid, orig, params[name])
         cos = embedding_cosine(real(models.reid, prot), real(models.reid, orig))
         assert row["utility"]["embedding_cosine_mean"] == pytest.approx(float(cos.mean()), abs=1e-6)
         assert row["privacy"]["ssim_mean"] == pytest.approx(image_similarity(prot, orig)["ssim_mean"], abs=1e-12)
     md = (tmp / "cmp" / "report.md").read_text()
-    assert "PixelFade" in md and "AVIH" in md
+    assert "PixelFade" in md and "AVIH" in md and "PrivacyReID" in md and "SecureReID" in md

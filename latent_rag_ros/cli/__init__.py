@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation-queries", type=int, default=8, help="queries of the Table IV ablations (0: none)")
     p.add_argument("--comparison-iters", type=int, default=30,
                    help="PixelFade/AVIH iterations in the demo (papers: 100; 0: skip them)")
+    p.add_argument("--anonymisers", action="store_true",
+                   help="also evaluate PrivacyReID and SecureReID (trained anonymisers; two more recovery attackers)")
     p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks (not tests)")

@@ -149,6 +149,8 @@ def run_demo(args: argparse.Namespace) -> int:
     n_ab = int(getattr(args, "ablation_queries", 8))
     iters = int(getattr(args, "comparison_iters", DEMO_COMPARISON_ITERS))
     comparisons = ("pixelfade", "avih") if iters > 0 else ()
+    if getattr(args, "anonymisers", False):
+        comparisons += ("privacyreid", "securereid")
     report = run_eval(cfg, str(in_bag), out / "report", models=models, protected_bag=str(out / "protected_bag"),
                       recovery_steps=args.recovery_steps, recovery=attack, progress=True,
                       store_path=str(store_dir), ablation=n_ab > 0, ablation_queries=n_ab or None,
@@ -199,7 +201,9 @@ def _summary(report: dict, out: Path, rstats: dict, random_weights: list[str], s
         "Rank-1 / mAP (identities from tracks, published images): " + ", ".join(
             f"{n} {get(p + 'utility.rank1')} / {get(p + 'utility.mAP')}" for n, p in (
                 ("latent-rag", ""), ("blur", "baselines.blur."), ("mosaic", "baselines.mosaic."),
-                ("pixelfade", "baselines.pixelfade."), ("avih", "baselines.avih."), ("none", "baselines.none."))),
+                ("pixelfade", "baselines.pixelfade."), ("avih", "baselines.avih."),
+                ("privacyreid", "baselines.privacyreid."), ("securereid", "baselines.securereid."),
+                ("none", "baselines.none.")) if get(p + "utility.rank1") is not None or n == "latent-rag"),
         f"report: {out / 'report' / 'report.md'} (json: report.json, figure: grid.png)",
         f"took {seconds:.0f} s",
     ]

@@ -176,7 +176,8 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     p.add_argument("--ablation-queries", type=int, default=None, metavar="N",
                    help="run the ablations on the first N queries only (default: all)")
     p.add_argument("--comparisons", default="pixelfade,avih", metavar="NAMES",
-                   help="PixelFade / AVIH comparison methods under the primary re-ID model (none: skip)")
+                   help="comparison methods: pixelfade, avih (under the primary re-ID model), privacyreid, securereid "
+                        "(trained anonymisers, data/demo checkpoints; `latent-rag train anonymiser`) (none: skip)")
     p.add_argument("--comparison-iters", type=int, default=0, metavar="N",
                    help="iterations of each comparison method (default 30 on CPU, the papers' 100 on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

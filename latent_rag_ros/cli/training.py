@@ -227,6 +227,49 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
                    help="skip evaluating the DeepSORT MobileNetV2 on the same held-out tracks")
     p.set_defaults(func=cmd_train_reid)
 
+    from latent_rag_ros.training.anonymiser import AnonymiserTrainConfig
+
+    p = sub.add_parser("anonymiser", help="train PrivacyReID's / SecureReID's anonymiser (comparison baselines)",
+                       description=f"Defaults: {json.dumps(dataclasses.asdict(AnonymiserTrainConfig()))}")
+    p.add_argument("--out", required=True, help="checkpoint file (e.g. anonymiser_privacyreid.pt; + .json record)")
+    for f in dataclasses.fields(AnonymiserTrainConfig):   # one flag per config field, typed from its default
+        default = getattr(AnonymiserTrainConfig(), f.name)
+        typ = _frame_range if isinstance(default, tuple) else type(default)
+        kw: dict[str, Any] = {"choices": ("privacyreid", "securereid")} if f.name == "method" else {}
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ, default=default, **kw)
+    p.add_argument("--reid", default="demo",
+                   help="frozen re-ID model the anonymiser serves: 'demo' (the demo's trained MobileNetV2) "
+                        "or KIND[:PATH]")
+    p.set_defaults(func=cmd_train_anonymiser)
+
+
+def cmd_train_anonymiser(args: argparse.Namespace) -> int:
+    """Track people of the video, train the anonymiser against a frozen re-ID model, save G and G_R."""
+    from latent_rag_ros.config import load_config
+    from latent_rag_ros.eval.tracks import tracked_crops
+    from latent_rag_ros.models.factory import build_detector, build_reid
+    from latent_rag_ros.training.anonymiser import AnonymiserTrainConfig, train_anonymiser
+
+    cfg = AnonymiserTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnonymiserTrainConfig)})
+    pcfg = load_config(getattr(args, "config", None) or None, {})
+    say = lambda m: print(f"[train anonymiser] {m}", flush=True)  # noqa: E731
+    if args.reid == "demo":
+        from latent_rag_ros.cli.demo import DEMO_REID
+
+        kind, path = DEMO_REID["models.reid"], DEMO_REID["models.reid_path"]
+        pcfg.models.reid_input_height = DEMO_REID["models.reid_input_height"]
+        pcfg.models.reid_input_width = DEMO_REID["models.reid_input_width"]
+    else:
+        kind, _, path = args.reid.partition(":")
+    try:
+        reid = build_reid(pcfg, "cpu", kind=kind, path=path or "")
+        train = tracked_crops(cfg.data, cfg.train_frames, cfg.train_step, build_detector(pcfg), pcfg.detector, "train")
+        train_anonymiser(cfg, train, reid, args.out, log=say)
+    except (ValueError, OSError) as exc:
+        print(f"latent-rag train anonymiser: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
 
 def _frame_range(text: str) -> tuple[int, int]:
     a, sep, b = text.partition(":")

@@ -22,9 +22,9 @@ the evaluation's primary backbone) stays close to the original's, by iterating o
 
 Each image is optimised at its own crop size, and the re-ID model sees it through an area
 down-sampling to its input size, which is what the measurement path (``embed_published``: uint8 crop,
-OpenCV area resize) does; the result is rounded to uint8. PrivacyReID and SecureReID are not here:
-both are pix2pix-style anonymisation networks trained jointly with the re-ID model (SecureReID also
-key-conditioned), a training budget this CPU evaluation does not have (docs/NOTES.md).
+OpenCV area resize) does; the result is rounded to uint8. PrivacyReID and SecureReID (trained
+anonymiser networks, :mod:`latent_rag_ros.eval.anonymisers`) are registered here under the same
+names and report keys; they apply a checkpoint instead of iterating.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-COMPARISONS = ("pixelfade", "avih")
+COMPARISONS = ("pixelfade", "avih", "privacyreid", "securereid")
+ITERATIVE = ("pixelfade", "avih")
 
 
 @dataclass
@@ -195,7 +196,7 @@ def avih(reid: torch.nn.Module, images: Sequence[np.ndarray], cfg: AVIHConfig) -
 def apply_comparison(name: str, reid: torch.nn.Module, crops_bgr: Sequence[np.ndarray],
                      params: dict[str, Any] | None = None, progress: bool = False,
                      batch_size: int = 32) -> list[np.ndarray]:
-    """Protect each uint8 BGR crop with PixelFade or AVIH under the authorization model ``reid``.
+    """Protect each uint8 BGR crop with PixelFade or AVIH under the authorization model ``reid`` (or an anonymiser).
 
     ``params`` override the method's config fields (e.g. ``{"iters": 30}``). Crop sizes are kept;
     crop i gets seed ``seed + i`` and crops are optimised independently (the model is in eval mode), so
@@ -205,6 +206,10 @@ def apply_comparison(name: str, reid: torch.nn.Module, crops_bgr: Sequence[np.nd
 
     if name not in COMPARISONS:
         raise ValueError(f"unknown comparison method {name!r}; expected one of {COMPARISONS}")
+    if name not in ITERATIVE:   # a trained anonymiser: only ``checkpoint`` applies (``iters`` is ignored)
+        from latent_rag_ros.eval.anonymisers import apply_anonymiser
+
+        return apply_anonymiser(name, crops_bgr, {k: v for k, v in (params or {}).items() if k == "checkpoint"})
     cls, fn = (PixelFadeConfig, pixelfade) if name == "pixelfade" else (AVIHConfig, avih)
     try:
         cfg = cls(**(params or {}))

@@ -20,7 +20,8 @@ ABLATION_TITLES = {"full": "Latent-RAG (full)", "no_retrieval": "w/o retrieval (
                    "no_inverse_attention": "w/o inverse attention (plain mean)", "no_id_loss": "w/o L_id",
                    "no_div_loss": "w/o L_div"}
 METHOD_TITLES = {"none": "–", "blur": "Gaussian Blur", "mosaic": "Mosaic", "pixelfade": "PixelFade",
-                 "avih": "AVIH (no key model)", "latent_rag": "Latent-RAG (ours)"}
+                 "avih": "AVIH (no key model)", "privacyreid": "PrivacyReID (CPU-trained)",
+                 "securereid": "SecureReID (CPU-trained, no ISED)", "latent_rag": "Latent-RAG (ours)"}
 
 
 def file_record(path: str | Path | None) -> dict[str, Any]:

@@ -543,7 +543,11 @@ def _comparison_settings(name: str, params: dict[str, Any] | None) -> dict[str, 
     """The full solver settings a comparison method ran with (its config defaults plus ``params``)."""
     import dataclasses as dc
 
-    from latent_rag_ros.eval.comparisons import AVIHConfig, PixelFadeConfig
+    from latent_rag_ros.eval.comparisons import ITERATIVE, AVIHConfig, PixelFadeConfig
 
+    if name not in ITERATIVE:
+        from latent_rag_ros.eval.anonymisers import anonymiser_settings
+
+        return anonymiser_settings(name, params)
     cls = PixelFadeConfig if name == "pixelfade" else AVIHConfig
     return dc.asdict(cls(**(params or {})))
