@@ -71,6 +71,7 @@ def test_bench_e2e_runs_and_counts_what_arrived(tmp_path) -> None:
     assert all(math.isfinite(x) and x > 0 for x in lat) and lat == sorted(lat)
     assert math.isfinite(row["crops_per_s"]) and row["crops_per_s"] > 0
     assert "generate" in row["stage_ms_median"]   # evaluation mode: the egress keeps the per-stage times
+    assert float(row["node_counters"]["detector_node"]["latency_ms.detect.mean"]) > 0   # the nodes' own times
     prot = row["node_counters"]["protector_node"]
     # the bench drained >= 5 s without output and then waited for two status periods
     assert int(prot["crops_out"]) >= row["crops_received"]

@@ -71,7 +71,9 @@ def summarize(rec: Record) -> dict[str, Any]:
         "latency_ms_min": round(float(lat.min()), 1) if len(lat) else None,
         "latency_ms_max": round(float(lat.max()), 1) if len(lat) else None,
         "stage_ms_median": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
-        "node_counters": {n: {k: v for k, v in st.items() if k in _COUNTERS} for n, st in rec.status.items()},
+        "node_counters": {n: {k: v for k, v in st.items() if k in _COUNTERS or (k.startswith("latency_ms.")
+                                                                                and k.endswith(".mean"))}
+                          for n, st in rec.status.items()},
     }
 
 
