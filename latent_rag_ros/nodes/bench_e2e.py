@@ -123,13 +123,17 @@ def run_fixed_rate(
     lock = threading.Lock()
     graph = Graph()
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    graph.start(NODES, config_file, overrides, env=env, log_dir=log_dir)
     saved_env = dict(os.environ)
+    graph.start(NODES, config_file, overrides, env=env, log_dir=log_dir)   # before apply_zone: each node its zone
     own = not rclpy.ok()
-    if own:
-        apply_zone(INTERNAL)   # raw camera frames and crops: a robot-internal participant (host-local)
-        rclpy.init()
-    node = rclpy.create_node("latent_rag_bench_e2e")
+    try:
+        if own:
+            apply_zone(INTERNAL)   # raw camera frames and crops: a robot-internal participant (host-local)
+            rclpy.init()
+        node = rclpy.create_node("latent_rag_bench_e2e")
+    except BaseException:
+        graph.stop(timeout=60.0)
+        raise
 
     def on_crops(msg: PersonCrops) -> None:
         with lock:
