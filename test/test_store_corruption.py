@@ -133,3 +133,34 @@ def test_old_format_store_gets_a_clear_error(tmp_path: Path) -> None:
     for opener in (lambda: open_store(root), lambda: open_store(root, create=True, dim=D, num_ws=L, w_dim=C)):
         with pytest.raises(StoreError, match=r"old segment/log format.*build-store"):
             opener()
+
+
+def test_store_made_before_meta_digest_keeps_blake2b_and_detects_damage(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """New stores seal with SHA-256 (meta.digest); a store without meta.digest was sealed with BLAKE2b."""
+    from latent_rag_ros.store import crypto, faiss_store
+
+    root = tmp_path / "s"
+    _, w = _store(root)
+    con = sqlite3.connect(root / "store.sqlite")
+    assert con.execute("SELECT value FROM meta WHERE key='digest'").fetchone() == ('"sha256"',)
+    con.close()
+    old = tmp_path / "old"  # the same data sealed the way stores were before meta.digest existed
+    monkeypatch.setattr(faiss_store, "codec_for", lambda key_file, root=None: crypto.PlainCodec("blake2b"))
+    monkeypatch.setattr(faiss_store, "DIGESTS", ("blake2b",))
+    _, w_old = _store(old)
+    monkeypatch.undo()
+    con = sqlite3.connect(old / "store.sqlite")
+    con.execute("DELETE FROM meta WHERE key='digest'")
+    con.commit()
+    con.close()
+    s = FaissStore(old)  # verify="full": every BLAKE2b digest checks
+    assert s.verify()["ok"]
+    np.testing.assert_array_equal(s.get_latents([1, 2]), w_old[[1, 2]])
+    s.close()
+    _flip_at(old / "store.sqlite", w_old[3].tobytes())
+    with pytest.raises(StoreCorruptError, match="latents row 3"):
+        FaissStore(old)
+    _flip_at(root / "store.sqlite", w[3].tobytes())  # and the SHA-256 store detects the same damage
+    with pytest.raises(StoreCorruptError, match="latents row 3"):
+        FaissStore(root)

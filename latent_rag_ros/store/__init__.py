@@ -59,7 +59,8 @@ def open_store(
     compared together with ``num_ws``; ``built_with`` keys the caller names must match). FAISS
     options: ``read_only``, ``verify`` (``full``/``size``), ``latent_dtype`` (new stores:
     ``float32``/``float16``), ``index`` (see store/ann.py ``IndexParams``), ``key_file`` (encryption
-    at rest, store/crypto.py), ``snapshot_min``, ``purge_fraction``, ``clock``.
+    at rest, store/crypto.py), ``snapshot_min``, ``purge_fraction``, ``clock``, ``latent_cache``
+    (how many verified W+ codes stay in memory, store/code_cache.py).
     Milvus options: ``collection``, ``latent_dtype``, ``token``,
     ``flush_on_add``, ``index_type``, ``index_params``, ``search_params``.
     """

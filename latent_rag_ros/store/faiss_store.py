@@ -28,7 +28,8 @@ Encryption at rest (``key_file``, store/crypto.py): vectors, W+ codes, labels/na
 snapshot are sealed with AES-256-GCM, each value bound to its store, table and row id. The FAISS
 index is not rebuilt from rows on open but loaded from the encrypted snapshot (decrypting costs a
 fraction of an HNSW rebuild; bench numbers in docs/NOTES.md). Without a key values carry a
-BLAKE2b integrity digest. ``created_at``, ids and counts are not secret.
+SHA-256 integrity digest (BLAKE2b in stores made before ``meta.digest``). ``created_at``,
+ids and counts are not secret.
 
 Integrity: a damaged SQLite file raises :class:`StoreCorruptError` naming ``store.sqlite``; every
 value read is checked by its tag/digest (``verify="full"`` on open checks all of them, ``"size"``
@@ -76,7 +77,8 @@ from latent_rag_ros.store.base import (
     normalize_vectors,
     to_latent_dtype,
 )
-from latent_rag_ros.store.crypto import SealError, codec_for
+from latent_rag_ros.store.code_cache import CodeCache
+from latent_rag_ros.store.crypto import DIGESTS, SealError, codec_for
 from latent_rag_ros.store.snapshot import read_snapshot, write_snapshot
 from latent_rag_ros.store.sqlite_db import (
     FORMAT,
@@ -94,6 +96,7 @@ SNAP_NAME = "index.snap"
 LOCK_NAME = "LOCK"
 LEGACY_MANIFEST = "manifest.json"
 LATENT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+CACHED_READ_MAX = 256  # reads of more ids (verify, export, tools) bypass the code cache
 
 
 class _Grow:
@@ -151,7 +154,8 @@ class FaissStore(VectorStore):
         """Create an empty store directory (encrypted when ``key_file`` is given) and open it for writing."""
         dim, num_ws, w_dim = check_dims(dim, num_ws, w_dim)
         params = IndexParams.from_dict(index)
-        unknown = sorted(set(opts) - {"read_only", "verify", "snapshot_min", "purge_fraction", "clock"})
+        unknown = sorted(set(opts) - {"read_only", "verify", "snapshot_min", "purge_fraction", "clock",
+                                   "latent_cache"})
         if unknown:  # before anything is written
             raise TypeError(f"unknown store option(s) {unknown}")
         if latent_dtype not in LATENT_DTYPES:
@@ -173,7 +177,7 @@ class FaissStore(VectorStore):
                 "format": FORMAT, "schema_version": SCHEMA_VERSION, "store_uuid": uuid, "created": _now(),
                 "dim": dim, "num_ws": num_ws, "w_dim": w_dim, "latent_dtype": latent_dtype, "metric": "cosine",
                 "built_with": dict(built_with or {}), "seq": 0, "next_id": 0, "index_params": params.to_dict(),
-                "encryption": codec.scheme, "key_id": codec.key_id,
+                "encryption": codec.scheme, "key_id": codec.key_id, "digest": DIGESTS[0],
                 "key_check": key_check(codec, uuid),
             }
             create_db(root / DB_NAME, meta)  # the store exists only once it is complete
@@ -191,6 +195,7 @@ class FaissStore(VectorStore):
         snapshot_min: int = 20_000,
         purge_fraction: float = 0.2,
         clock: Callable[[], float] = time.time,
+        latent_cache: int = 1024,
     ) -> None:
         if verify not in ("full", "size"):
             raise ValueError(f"verify must be 'full' or 'size', got {verify!r}")
@@ -206,6 +211,8 @@ class FaissStore(VectorStore):
         self._broken: BaseException | None = None
         self._lock_fd = -1
         self._db: StoreDB | None = None
+        self._cache = CodeCache(int(latent_cache))  # verified float32 W+ codes of hot entries (store/code_cache.py)
+        self._db_version = -1
         if not self.db_path.is_file():
             if (self.path / LEGACY_MANIFEST).exists():
                 raise legacy_error(self.path)
@@ -313,10 +320,11 @@ class FaissStore(VectorStore):
             vec = self._read_rows("vectors", chunk, np.dtype("<f4"), (self._dim,))
             self._index.add(vec, alive)
 
-    def _read_rows(self, table: str, ids: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    def _read_rows(self, table: str, ids: np.ndarray, dtype: np.dtype, shape: tuple[int, ...],
+                   out_dtype: np.dtype | None = None) -> np.ndarray:
         assert self._db is not None
         try:
-            return self._db.read_rows(table, ids, dtype, shape)
+            return self._db.read_rows(table, ids, dtype, shape, out_dtype)
         except MissingRowsError:
             if self.read_only:  # a writer removed them after this read-only view was opened
                 raise ValueError(f"{self.path}: entries were removed since this read-only view was opened; "
@@ -435,6 +443,7 @@ class FaissStore(VectorStore):
             if len(q) == 0:
                 return
             slots = self._lookup(q)
+            self._cache.drop(q.tolist())  # no copy of a removed code stays in memory
             assert self._db is not None
             self._db.delete([int(i) for i in q], {"seq": self._seq + 1})
             self._seq += 1
@@ -556,6 +565,7 @@ class FaissStore(VectorStore):
         with self._lock:
             self._check_open(write=True)
             new = codec_for(new_key_file, self.path)
+            self._cache.clear()
             (self.path / SNAP_NAME).unlink(missing_ok=True)
             fsync_dir(self.path)
             self._snap_slots = 0
@@ -583,10 +593,41 @@ class FaissStore(VectorStore):
         return scores, ids
 
     def get_latents(self, ids: Any) -> np.ndarray:
+        """W+ codes (float32) of live ids; hot codes come from the cache of verified codes, the rest from SQLite."""
+        shape = (self._num_ws, self._w_dim)
         with self._lock:
             self._check_open()
             q = self._slot_ids.view[self._lookup(ids)]
-            return self._read_rows("latents", q, self._dtype, (self._num_ws, self._w_dim)).astype(np.float32)
+            cache = self._cache
+            if not cache.capacity or len(q) > CACHED_READ_MAX:
+                return self._read_rows("latents", q, self._dtype, shape, np.dtype(np.float32))
+            self._sync_cache()
+            out = np.empty((len(q), *shape), dtype=np.float32)
+            miss: list[int] = []
+            for j, id_ in enumerate(q.tolist()):
+                code = cache.get(id_)
+                if code is None:
+                    miss.append(j)
+                else:
+                    out[j] = code
+            if miss:
+                got = self._read_rows("latents", q[miss], self._dtype, shape, np.dtype(np.float32))
+                if len(miss) == len(q):
+                    out = got
+                else:
+                    out[miss] = got
+                for id_, code in dict(zip(q[miss].tolist(), got)).items():  # once per id, even when repeated
+                    cache.put(id_, code)  # float32, as served: a hit is a plain copy
+            return out
+
+    def _sync_cache(self) -> None:
+        """Empty the code cache when another connection committed (e.g. a writer removed entries
+        this read-only view cached); a writer's own changes invalidate it directly."""
+        assert self._db is not None
+        version = self._db.data_version()
+        if version != self._db_version:
+            self._cache.clear()
+            self._db_version = version
 
     def get_vectors(self, ids: Any) -> np.ndarray:
         with self._lock:
@@ -637,7 +678,7 @@ class FaissStore(VectorStore):
                 "store_uuid": self._uuid, "created": m["created"], "encryption": self._codec.scheme,
                 "key_id": self._codec.key_id, "snapshot_slots": self._snap_slots,
                 "unsnapshotted": self._slot_ids.n - self._snap_slots if self._index.kind == "hnsw" else 0,
-                "files": self._file_sizes(), "read_only": self.read_only,
+                "files": self._file_sizes(), "read_only": self.read_only, "latent_cache": self._cache.stats(),
             }
 
     def verify(self) -> dict[str, Any]:
@@ -680,6 +721,7 @@ class FaissStore(VectorStore):
             if self._closed:
                 return
             self._closed = True
+            self._cache.clear()
             if self._db is not None:
                 self._db.close()
                 self._db = None

@@ -129,7 +129,7 @@ class StoreDB:
             if key_file:
                 raise StoreError(f"{self.path}: this store is not encrypted, but a key file was given ({key_file}); "
                                  "encrypt it with `latent-rag store rekey --new-key-file KEY` or drop the key")
-            codec: Codec = PlainCodec()
+            codec: Codec = PlainCodec(str(meta.get("digest", "blake2b")))  # no meta.digest: made before SHA-256
         elif scheme == AeadCodec.scheme:
             if not key_file:
                 raise StoreError(f"{self.path}: this store is encrypted (key id {stored_kid}); give its key file "
@@ -179,22 +179,31 @@ class StoreDB:
                 names.append(str(name))
         return np.asarray(ids, dtype=np.int64), labels, names
 
-    def read_rows(self, table: str, ids: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """Unsealed rows of ``vectors``/``latents`` for ``ids`` (in that order) as ``[len(ids), *shape]``."""
+    def read_rows(self, table: str, ids: np.ndarray, dtype: np.dtype, shape: tuple[int, ...],
+                  out_dtype: np.dtype | None = None) -> np.ndarray:
+        """Unsealed rows of ``vectors``/``latents`` for ``ids`` (in that order) as ``[len(ids), *shape]``.
+
+        Stored as ``dtype``, returned as ``out_dtype`` (default ``dtype``): the conversion happens in
+        the one copy out of SQLite's buffer, so a float16 code read as float32 is copied once, not twice.
+        """
         col = TABLES[table]
-        uniq, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
-        if len(uniq) != len(ids):  # repeated ids: read each once
-            return self.read_rows(table, uniq, dtype, shape)[inverse]
-        out = np.empty((len(ids), *shape), dtype=dtype)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        ids_l = [int(i) for i in ids]
+        out_dtype = np.dtype(dtype if out_dtype is None else out_dtype)
+        ids_l = np.asarray(ids, dtype=np.int64).tolist()
+        pos = {id_: i for i, id_ in enumerate(ids_l)}
+        if len(pos) != len(ids_l):  # repeated ids: read each once
+            uniq, inverse = np.unique(np.asarray(ids_l, dtype=np.int64), return_inverse=True)
+            return self.read_rows(table, uniq, dtype, shape, out_dtype)[inverse]
+        out = np.empty((len(ids_l), *shape), dtype=out_dtype)
         if not ids_l:
             return out
-        pos = {id_: i for i, id_ in enumerate(ids_l)}
-        con = self.con
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        con, codec, prefix = self.con, self.codec, f"{self.uuid}|{table}|"
         with self.sql(f"reading {table}"):
-            if len(ids_l) > 4 * _BATCH and ids_l == sorted(ids_l):
+            if len(ids_l) <= _BATCH:  # one statement per retrieval (SQLite caches the prepared statement)
                 rows: Iterator[tuple[int, bytes]] = iter(con.execute(
+                    f"SELECT id, {col} FROM {table} WHERE id IN ({','.join('?' * len(ids_l))})", ids_l))
+            elif len(ids_l) > 4 * _BATCH and ids_l == sorted(ids_l):
+                rows = iter(con.execute(
                     f"SELECT id, {col} FROM {table} WHERE id BETWEEN ? AND ? ORDER BY id", (ids_l[0], ids_l[-1])))
             else:
                 rows = (r for s in range(0, len(ids_l), _BATCH) for r in con.execute(
@@ -205,7 +214,10 @@ class StoreDB:
                 i = pos.get(id_)
                 if i is None:
                     continue
-                data = self.unseal(table, id_, blob)
+                try:  # the tag/digest of every value read is checked (AES-GCM or a digest, see crypto.py)
+                    data = codec.open(f"{prefix}{id_}".encode(), blob)
+                except SealError as exc:
+                    raise StoreCorruptError(str(self.path), f"{table} row {id_}: {exc}") from None
                 if len(data) != nbytes:
                     raise StoreCorruptError(str(self.path), f"{table} row {id_}: {len(data)} bytes, expected {nbytes}")
                 out[i] = np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -213,6 +225,11 @@ class StoreDB:
         if found != len(ids_l):
             raise MissingRowsError(str(self.path), f"{table}: {len(ids_l) - found} of the requested rows are missing")
         return out
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection committed (cache invalidation)."""
+        with self.sql("data_version"):
+            return int(self.con.execute("PRAGMA data_version").fetchone()[0])
 
     def count(self, table: str) -> int:
         with self.sql(f"counting {table}"):
@@ -279,7 +296,10 @@ class StoreDB:
                                         [(new.seal(self.aad(table, i), self.unseal(table, i, b)), i) for i, b in rows])
                         count += len(rows)
                 upd = {"encryption": new.scheme, "key_id": new.key_id, "key_check": key_check(new, self.uuid)}
-                con.executemany("UPDATE meta SET value=? WHERE key=?", [(json.dumps(v), k) for k, v in upd.items()])
+                if isinstance(new, PlainCodec):
+                    upd["digest"] = new.digest
+                con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in upd.items()])
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
