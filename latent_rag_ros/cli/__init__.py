@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--variants", default="", help="extra measured paths: channels-last,folded,compile-reid,...")
     p.set_defaults(func=_bench_protect)
+    from latent_rag_ros.cli.bench_e2e import register as register_bench_e2e  # light: argparse only
+
+    register_bench_e2e(bench_sub)
 
     for register in (store_cli.register, eval_cli.register, training_cli.register, security_cli.register):
         register(sub, bench_sub)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from latent_rag_ros.config import DEFAULT_NAMESPACE
 from latent_rag_ros.egress_auth import KEY_ENV, new_run_key
 from latent_rag_ros.zones import zone_env
@@ -30,7 +32,8 @@ def _ros_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value if value else "''"
+        # ROS reads a -p value as YAML: quote strings it would read as another type ("off" -> false)
+        return value if value and isinstance(yaml.safe_load(value), str) else "'" + value.replace("'", "''") + "'"
     return str(value)
 
 
