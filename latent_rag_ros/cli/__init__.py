@@ -23,6 +23,7 @@ from latent_rag_ros.cli import store as store_cli
 from latent_rag_ros.cli import training as training_cli
 from latent_rag_ros.cli.args import add_config_args, config_from_args
 from latent_rag_ros.cli.demo import run_demo
+from latent_rag_ros.cli.eval import ATTACKERS
 from latent_rag_ros.config import ConfigError, absolute_paths, default_config_path, parse_overrides, ros_name
 
 __all__ = ["build_parser", "config_from_args", "main", "user_error"]
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (report, bags, logs)")
     p.add_argument("--query-frames", type=int, default=60, help="query frames replayed through the graph")
     p.add_argument("--recovery-steps", type=int, default=300, help="recovery attacker training steps")
+    p.add_argument("--attacker", choices=ATTACKERS, default="unet",
+                   help="recovery attacker (default: the demo's small 16-channel U-Net; restormer-paper is the "
+                        "published 26.1 M Restormer, a GPU job)")
     p.add_argument("--ablation-queries", type=int, default=8, help="queries of the Table IV ablations (0: none)")
     p.add_argument("--comparison-iters", type=int, default=30,
                    help="PixelFade/AVIH iterations in the demo (papers: 100; 0: skip them)")

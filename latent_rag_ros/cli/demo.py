@@ -144,15 +144,18 @@ def run_demo(args: argparse.Namespace) -> int:
     if cpu_busy_share() > 0.5:
         torch.set_num_threads(1)
 
-    # A small U-Net attacker (16 base channels, batch 8, 128x64) so three attacks fit a CPU demo.
-    attack = RecoveryConfig(steps=args.recovery_steps, channels=16, batch_size=8)
+    # A small U-Net attacker (16 base channels, batch 8, 128x64) so three attacks fit a CPU demo;
+    # --attacker picks a stronger one (the report and summary name it).
+    attack = RecoveryConfig(model=getattr(args, "attacker", "unet"), steps=args.recovery_steps, channels=16,
+                            batch_size=8)
     n_ab = int(getattr(args, "ablation_queries", 8))
     iters = int(getattr(args, "comparison_iters", DEMO_COMPARISON_ITERS))
     comparisons = ("pixelfade", "avih") if iters > 0 else ()
     if getattr(args, "anonymisers", False):
         comparisons += ("privacyreid", "securereid")
     report = run_eval(cfg, str(in_bag), out / "report", models=models, protected_bag=str(out / "protected_bag"),
-                      recovery_steps=args.recovery_steps, recovery=attack, progress=True,
+                      recovery_steps=args.recovery_steps, recovery_model=attack.model, recovery=attack,
+                      progress=True,
                       store_path=str(store_dir), ablation=n_ab > 0, ablation_queries=n_ab or None,
                       reid_names=TRANSFER_BACKBONE, comparisons=comparisons,
                       comparison_params={n: {"iters": iters} for n in comparisons})
@@ -196,7 +199,8 @@ def _summary(report: dict, out: Path, rstats: dict, random_weights: list[str], s
         f"utility  cosine(protected emb, original emb): {get('utility.embedding_cosine_mean')}; "
         f"between different people: {get('utility.different_people_cosine_mean')}; own person matched best: "
         f"{get('utility.own_match_rate')} (chance {get('utility.own_match_chance')})",
-        f"recovery attack PSNR: latent-rag {get('recovery.psnr_mean')}, "
+        f"recovery attack PSNR ({get('recovery.model')} attacker, {get('recovery.steps')} steps): "
+        f"latent-rag {get('recovery.psnr_mean')}, "
         f"blur {get('baselines.blur.recovery.psnr_mean')}",
         "Rank-1 / mAP (identities from tracks, published images): " + ", ".join(
             f"{n} {get(p + 'utility.rank1')} / {get(p + 'utility.mAP')}" for n, p in (

@@ -11,6 +11,8 @@ from typing import Any
 from latent_rag_ros.cli.args import add_config_args
 from latent_rag_ros.config import BAG_CAMERA_TOPIC, default_config_path, load_config, parse_overrides
 
+# the recovery attackers of eval.recovery.RECOVERY_MODELS, spelled here so the parser needs no torch
+ATTACKERS = ("unet", "restormer", "restormer-cpu", "restormer-paper")
 CPU_ATTACK = {"steps": 200, "batch_size": 8, "channels": 16}    # a 30-frame bag: a few minutes on 2 cores
 CPU_COMPARISON_ITERS, GPU_COMPARISON_ITERS = 30, 100            # PixelFade / AVIH (papers: 100)
 GPU_ATTACK = {"steps": 500, "batch_size": 16, "channels": 32}
@@ -158,7 +160,9 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
                    help="sweep a protector parameter: m=1,5,10,20 or T=0,5,10,20 (repeatable)")
     p.add_argument("--recovery-steps", type=int, default=None,
                    help="attacker training steps (0: no attack; default 200 on CPU, 500 on a GPU)")
-    p.add_argument("--recovery-model", choices=["unet", "restormer"], default="unet")
+    p.add_argument("--recovery-model", "--attacker", dest="recovery_model", choices=ATTACKERS, default="unet",
+                   help="recovery attacker: unet, restormer (small, 2 scales), restormer-cpu (4 levels, dim 24, "
+                        "~30 min on 2 cores), restormer-paper (published 26.1 M configuration; a GPU job)")
     p.add_argument("--recovery-size", type=_size, default=(128, 64), metavar="HxW", help="attack resolution")
     p.add_argument("--recovery-batch", type=int, default=0, help="default 8 on CPU, 16 on a GPU")
     p.add_argument("--recovery-channels", type=int, default=0, help="U-Net base channels (default 16 CPU, 32 GPU)")

@@ -65,6 +65,7 @@ class EvalData:
     attack_protected: list[np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
     query_keys: list[list[int]] | None = None            # protected bag: [stamp_ns, x, y, w, h] per query
+    attack_pids: list[str | None] = field(default_factory=list)  # protected bag: identity per attacker crop
 
     @property
     def labelled(self) -> bool:
@@ -271,6 +272,7 @@ def _protected_bag_data(path: str, protected_bag: str, max_queries: int | None,
         protected_embeddings=np.stack([records[i]["embedding"] for i in q_idx]),
         protected_model=records[q_idx[0]]["embedding_model"],
         attack_protected=[prot(i) for i in a_idx], notes=notes,
+        attack_pids=[records[i].get("pid") for i in a_idx],
         query_keys=[[int(records[i]["stamp_ns"]), *(int(v) for v in records[i]["box"])] for i in q_idx])
 
 
