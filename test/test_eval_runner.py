@@ -245,3 +245,17 @@ def test_sources_without_split_are_split_by_identity(tmp_path: Path) -> None:
 
 def test_bench_rank_command() -> None:
     assert _cli(["bench", "rank", "--queries", "20", "--gallery", "100"]) == 0
+
+
+def test_attacker_pairs_are_identity_disjoint_when_enough() -> None:
+    """Issue 16 item 7: the recovery attacker trains on people who are never queried (hand-made ids)."""
+    from latent_rag_ros.eval.sources import MIN_DISJOINT_ATTACK, identity_disjoint
+
+    pid_of = {i: ("q1" if i < 3 else None if i == 3 else f"p{i}") for i in range(4 + MIN_DISJOINT_ATTACK)}
+    notes: list[str] = []
+    picked = identity_disjoint(list(pid_of), ["q1", "q2"], pid_of, notes)
+    assert picked == list(range(4, 4 + MIN_DISJOINT_ATTACK))     # not q1's crops, not the unidentified one
+    assert "identity-disjoint" in notes[-1]
+    few = {i: pid_of[i] for i in range(5)}                          # only one never-queried crop: fall back
+    assert identity_disjoint(list(few), ["q1"], few, notes) == list(range(5))
+    assert "crop-disjoint only" in notes[-1]

@@ -43,6 +43,9 @@ from latent_rag_ros.datasets import (
 from latent_rag_ros.eval.tracks import TrackerConfig, contact_sheet, track, track_samples
 from latent_rag_ros.people import crop_people
 
+# Fewest crops of never-queried people that make an identity-disjoint attacker split; below it, crop-disjoint.
+MIN_DISJOINT_ATTACK = 8
+
 
 @dataclass
 class EvalData:
@@ -71,6 +74,20 @@ class EvalData:
     def labelled(self) -> bool:
         """True when Rank-1/mAP can be computed (labelled queries and a gallery)."""
         return bool(self.gallery) and all(p is not None for p in self.q_pids)
+
+
+def identity_disjoint(candidates: list[int], query_pids: list[str | None], pid_of: dict[int, str | None],
+                      notes: list[str]) -> list[int]:
+    """The attacker's crops of people who are never queried (and have an identity), when there are at least
+    ``MIN_DISJOINT_ATTACK`` of them; otherwise all ``candidates`` (crop-disjoint only). Says which in ``notes``."""
+    queried = set(query_pids)
+    disjoint = [i for i in candidates if pid_of.get(i) is not None and pid_of[i] not in queried]
+    if len(disjoint) >= MIN_DISJOINT_ATTACK:
+        notes.append(f"attacker pairs: {len(disjoint)} crops of people never queried (identity-disjoint)")
+        return disjoint
+    notes.append(f"attacker pairs: only {len(disjoint)} crops of people never queried (< {MIN_DISJOINT_ATTACK}), "
+                 "so the attacker also sees other crops of queried people (crop-disjoint only)")
+    return list(candidates)
 
 
 def _subsample(items: list[Any], n: int | None, seed: int) -> list[Any]:
@@ -250,6 +267,9 @@ def _protected_bag_data(path: str, protected_bag: str, max_queries: int | None,
         n_q = min(n_q, len(keep) - 1) if len(keep) > 1 else 1
         q_idx, rest = keep[:n_q], keep[n_q:]
         gallery, g_pids, g_cams = [], [], []
+    if gallery:   # identities known: the attacker learns from people who are never queried (issue 16 item 7)
+        rest = identity_disjoint(rest, [records[i]["pid"] for i in q_idx],
+                                 {i: records[i].get("pid") for i in rest}, notes)
     a_idx = _subsample(rest, max_attack, seed)
 
     def prot(i: int) -> np.ndarray:
