@@ -55,9 +55,11 @@ def test_two_namespaced_graphs_do_not_cross(tmp_path: Path) -> None:
         cam = probe.node.create_publisher(Image, "/robot1/image_raw",
                                           QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
         clients = {ns: probe.node.create_client(RetrieveLatents, f"/{ns}/retrieve_latents") for ns in graphs}
-        wait_for(lambda: cam.get_subscription_count() == 1 and all(c.service_is_ready() for c in clients.values())
-                 and probe.node.count_publishers("/robot2/crops") == 1, 120, "both namespaced graphs")
-        assert probe.node.count_subscribers("/robot2/image_raw") == 1  # robot2 listens on its own camera only
+        # endpoints are discovered one by one: wait for all four, then check nothing crossed
+        wait_for(lambda: cam.get_subscription_count() >= 1 and all(c.service_is_ready() for c in clients.values())
+                 and probe.node.count_publishers("/robot2/crops") == 1
+                 and probe.node.count_subscribers("/robot2/image_raw") == 1, 120, "both namespaced graphs")
+        assert cam.get_subscription_count() == 1   # robot1's camera has robot1's detector only, not robot2's
         for ns, client in clients.items():
             reply = call(probe.node, client, sealer, "retrieve", {"m": 2, "exclude_id": -1},
                          {"identity": np.ones(DIM, np.float32)}, timeout_s=30)
