@@ -219,10 +219,7 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     p = sub.add_parser("reid", help="train a small re-ID network (MobileNetV2 / OSNet) on tracked people of a video",
                        description=f"Defaults: {json.dumps(dataclasses.asdict(ReIDTrainConfig()))}")
     p.add_argument("--out", required=True, help="output folder (reid_ARCH.pt, reid_train.json)")
-    for f in dataclasses.fields(ReIDTrainConfig):   # one flag per config field, typed from its default
-        default = getattr(ReIDTrainConfig(), f.name)
-        typ = _frame_range if isinstance(default, tuple) else type(default)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ, default=default)
+    _add_default_flags(p, ReIDTrainConfig)
     p.add_argument("--no-baseline", action="store_true",
                    help="skip evaluating the DeepSORT MobileNetV2 on the same held-out tracks")
     p.set_defaults(func=cmd_train_reid)
@@ -232,11 +229,7 @@ def register(subparsers: Any, bench_subparsers: Any = None) -> None:
     p = sub.add_parser("anonymiser", help="train PrivacyReID's / SecureReID's anonymiser (comparison baselines)",
                        description=f"Defaults: {json.dumps(dataclasses.asdict(AnonymiserTrainConfig()))}")
     p.add_argument("--out", required=True, help="checkpoint file (e.g. anonymiser_privacyreid.pt; + .json record)")
-    for f in dataclasses.fields(AnonymiserTrainConfig):   # one flag per config field, typed from its default
-        default = getattr(AnonymiserTrainConfig(), f.name)
-        typ = _frame_range if isinstance(default, tuple) else type(default)
-        kw: dict[str, Any] = {"choices": ("privacyreid", "securereid")} if f.name == "method" else {}
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ, default=default, **kw)
+    _add_default_flags(p, AnonymiserTrainConfig, {"method": ("privacyreid", "securereid")})
     p.add_argument("--reid", default="demo",
                    help="frozen re-ID model the anonymiser serves: 'demo' (the demo's trained MobileNetV2) "
                         "or KIND[:PATH]")
@@ -269,6 +262,17 @@ def cmd_train_anonymiser(args: argparse.Namespace) -> int:
         print(f"latent-rag train anonymiser: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _add_default_flags(p: argparse.ArgumentParser, cls: type,
+                       choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One ``--field-name`` flag per field of ``cls``, typed from its default (tuples as ``A-B`` ranges)."""
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        default = getattr(defaults, f.name)
+        typ = _frame_range if isinstance(default, tuple) else type(default)
+        kw: dict[str, Any] = {"choices": choices[f.name]} if choices and f.name in choices else {}
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ, default=default, **kw)
 
 
 def _frame_range(text: str) -> tuple[int, int]:
