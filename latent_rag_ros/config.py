@@ -83,6 +83,8 @@ class ProtectorConfig:
     #                                   | channels_last (oneDNN layout only: E ~6% faster, gradients ~1e-6 off)
     batched_backward: str = "auto"    # fast path: both VJPs in one vmapped backward; auto = CUDA only
     batch_window_ms: float = 0.0      # protector node: wait at most this long to fill a batch (0 = per frame)
+    workers: int = 1                  # CPU: T-step loops in N 1-thread processes, crops split over them
+    #                                   (core/parallel.py); 0 = one per core; 1 = in this process; GPU: 1
 
 
 @dataclass
@@ -255,6 +257,7 @@ def _validate(cfg: Config) -> None:
         (p.eps > 0, "protector.eps must be > 0"),
         (p.batch_size >= 1, "protector.batch_size must be >= 1"),
         (p.batch_window_ms >= 0, "protector.batch_window_ms must be >= 0 (0 = one frame per batch)"),
+        (p.workers >= 0, "protector.workers must be >= 0 (0 = one per CPU core, 1 = in-process)"),
         (cfg.store.max_m >= 1, "store.max_m must be >= 1"),
         (cfg.store.max_age_s >= 0, "store.max_age_s must be >= 0 (0 = keep forever)"),
         (cfg.store.retention_check_s > 0, "store.retention_check_s must be > 0"),
@@ -332,6 +335,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "protector.coarse_step": (0.0, 1.0), "protector.fine_step": (0.0, 1.0), "protector.momentum": (0.0, 1.0),
     "protector.temperature": (1e-6, 1e6), "protector.scale": (0.0, 1e6), "protector.eps": (1e-12, 1.0),
     "protector.duplicate_tol": (0.0, 1.0), "protector.batch_size": (1, 1024),
+    "protector.workers": (0, 256),
     "store.max_m": (1, 100000), "store.max_add": (1, 1000000), "store.rate_limit_hz": (0.0, 1e6),
     "store.rate_limit_burst": (0.0, 1e6), "detector.upscale": (0.1, 10.0), "detector.min_height": (0, 100000),
     "detector.max_crops": (1, 1024), "detector.pad": (0.0, 1.0), "ros.camera_qos.depth": (1, 10000),

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import RegionOfInterest
 
 from latent_rag_ros.config import load_config, ros_name
@@ -26,9 +27,12 @@ from rosutil import Probe, vtest_frames, wait_for, write_params
 pytestmark = pytest.mark.ros
 
 
-def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_crops_of_several_frames_share_one_batch(tmp_path, workers: int) -> None:
+    """workers=2: two worker threads share the window (core/parallel.py's processes behind them)."""
     params = {"models": {"generator": "random"},
-              "protector": {"m": 3, "steps": 1, "batch_size": 4, "device": "cpu", "batch_window_ms": 3000.0},
+              "protector": {"m": 3, "steps": 1, "batch_size": 4, "device": "cpu", "batch_window_ms": 3000.0,
+                            "workers": workers},
               "store": {"path": str(tmp_path / "store")}, "ros": {"service_timeout_s": 10.0}}
     cfg_file = write_params(tmp_path / "p.yaml", params)
     cfg = load_config(cfg_file)
@@ -48,6 +52,7 @@ def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
     try:
         graph.start(["store_node", "protector_node"], str(cfg_file))
         out = probe.collect(ProtectedCrop, ros_name(cfg.ros.protected_topic))
+        diags = probe.collect(DiagnosticArray, "/diagnostics")
         pub = probe.node.create_publisher(PersonCrops, ros_name(cfg.ros.crops_topic), 10)
         wait_for(lambda: pub.get_subscription_count() > 0, 120, "protector subscription")
         # Three frames of one crop each, well inside one window. A round whose crops were dropped (the
@@ -67,6 +72,8 @@ def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
                 continue
         assert not graph.failed(), f"a node died: {graph.failed()}"
         out = list(out)[-3:]
+        # the node says how many protection processes it runs (1 = in-process)
+        wait_for(lambda: _status(diags, "protector_node").get("workers") == str(workers), 30, "workers on /diagnostics")
     finally:
         t0 = time.monotonic()
         codes = graph.stop(timeout=60.0)
@@ -75,3 +82,13 @@ def test_crops_of_several_frames_share_one_batch(tmp_path) -> None:
     assert sorted(m.track_id for m in out) == [1, 2, 3]
     assert len({tuple(m.stage_ms) for m in out}) == 1, "the three frames were protected in separate batches"
     assert all(c == 0 for c in codes.values()), codes
+
+
+def _status(diags: list, node: str) -> dict[str, str]:
+    """The newest /diagnostics values of ``node``."""
+    out: dict[str, str] = {}
+    for arr in list(diags):
+        for st in arr.status:
+            if st.name.endswith(node):
+                out = {kv.key: kv.value for kv in st.values}
+    return out

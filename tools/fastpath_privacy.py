@@ -5,7 +5,8 @@ gallery = the rest of the tracks, store from the people of frames 0-199, demo mo
 every figure on the published image) run for each protector path on the same store and crops:
 ``eager`` (fast_path false), ``eager-b1`` (the eager loop one crop at a time: the eager path's own
 spread, i.e. the noise floor), ``fast`` (default, bit-identical to eager), ``folded`` and
-``channels-last`` (protector.fast_reid). Prints one JSON line per path: SSIM to the originals (privacy:
+``channels-last`` (protector.fast_reid), ``workers`` / ``workers-folded`` (the fast path in one
+1-thread process per core, core/parallel.py). Prints one JSON line per path: SSIM to the originals (privacy:
 lower is better), own-match rate and Rank-1 (utility), the SSIM of its images to eager's, and the wall
 time per crop (one process, paths in turn; not a clean timing on a shared machine).
 Usage: OMP_NUM_THREADS=1 .venv/bin/python tools/fastpath_privacy.py [--paths eager,eager-b1,fast,folded]
@@ -26,8 +27,10 @@ import torch
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 FIXTURE = Path(__file__).resolve().parents[1] / "test" / "fixtures" / "vtest_tracks.json"
-PATHS = {"eager": (False, "off", None), "eager-b1": (False, "off", 1), "fast": (True, "off", None),
-         "folded": (True, "folded", None), "channels-last": (True, "channels_last", None)}
+PATHS = {"eager": (False, "off", None, 1), "eager-b1": (False, "off", 1, 1), "fast": (True, "off", None, 1),
+         "folded": (True, "folded", None, 1), "channels-last": (True, "channels_last", None, 1),
+         "workers": (True, "off", None, 0), "workers-folded": (True, "folded", None, 0)}
+# ^ name: (fast_path, fast_reid, batch size (None: the config's), protector.workers (0: one per core))
 
 
 def regression_crops() -> tuple[list[np.ndarray], list[str], list[int], list[np.ndarray], list[str], list[int]]:
@@ -88,10 +91,12 @@ def main() -> int:
         store = open_store(str(Path(tmp) / "store"))
         try:
             for name in [p for p in args.paths.split(",") if p]:
-                fast, fast_reid, bs = PATHS[name]
+                fast, fast_reid, bs, workers = PATHS[name]
                 pcfg = replace(cfg.protector, fast_path=fast, fast_reid=fast_reid,
-                               batch_size=bs or cfg.protector.batch_size)
+                               batch_size=bs or cfg.protector.batch_size, workers=workers)
                 prot = Protector(models.generator, models.reid, pcfg, "cpu")
+                if prot.pool is not None:
+                    prot.pool.start()   # process start-up is not protection time
                 torch.manual_seed(0)
                 t0 = time.perf_counter()
                 res = prot.protect_crops(q, store)[0]
@@ -99,6 +104,7 @@ def main() -> int:
                 pub = published(res)
                 fp = embed_published(models.reid, pub)
                 cmc, _ = evaluate_rank(cosine_distmat(fp, fg), qp, gp, qc, gc)
+                prot.close()
                 row = {"path": name, "ssim_mean": round(image_similarity(pub, q)["ssim_mean"], 4),
                        "own_match_rate": different_people(fp, fo, qp, labelled=True)["own_match_rate"],
                        "rank1": float(cmc[0]), "s_per_crop": round(sec / len(q), 2),

@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,8", help="comma list (32 is optional on CPU: slow)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per path after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--variants", default="", help="extra measured paths: channels-last,folded,compile-reid,...")
+    p.add_argument("--variants", default="", help="extra measured paths: workers,workers-folded,folded,...")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes of the workers variants (0 = one per CPU core)")
     p.set_defaults(func=_bench_protect)
     from latent_rag_ros.cli.bench_e2e import register as register_bench_e2e  # light: argparse only
 

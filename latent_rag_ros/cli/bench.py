@@ -14,7 +14,11 @@ from (e): max |dw_adv|, the share of flipped sign steps and the SSIM between the
 like (b): ``channels-last`` / ``folded`` (``protector.fast_reid=channels_last`` / ``folded``),
 ``compile-reid`` / ``compile-synthesis`` (``torch.compile``, inductor, of E in L_id or of G.synthesis;
 the untimed warm-up run includes the compilation, reported as ``warmup_s``), ``eager-b1`` (the eager loop
-one crop at a time: the eager path's own spread across batch sizes).
+one crop at a time: the eager path's own spread across batch sizes), ``workers`` / ``workers-folded``
+(the fast path, in-process E or folded E, with its T-step loops in ``--workers`` one-thread processes,
+core/parallel.py). A path with workers is also compared with eager run on the same chunks at one thread
+(``same_chunks``): that is the comparison in which it is exact. Its saved-tensor memory lives in the
+workers and is not counted (nan).
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def _ssim_min_mean(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return min(vals), statistics.mean(vals)
 
 
-VARIANTS = ("channels-last", "folded", "compile-reid", "compile-synthesis", "eager-b1")
+VARIANTS = ("channels-last", "folded", "compile-reid", "compile-synthesis", "eager-b1", "workers", "workers-folded")
 
 
 class _OneByOne:
@@ -138,16 +142,22 @@ class _OneByOne:
         return merge_results([self.prot.protect_with_store(images[i:i + 1], store) for i in range(len(images))])
 
 
-def build_variant(name: str, g: torch.nn.Module, reid: torch.nn.Module, cfg: Any, device: torch.device) -> Any:
-    """A measurement-only path ``name`` (see VARIANTS) on the fast path of ``cfg``; its own copies of G/E."""
+def build_variant(name: str, g: torch.nn.Module, reid: torch.nn.Module, cfg: Any, device: torch.device,
+                  workers: int = 0) -> Any:
+    """A measurement-only path ``name`` (see VARIANTS) on the fast path of ``cfg``; its own copies of G/E.
+
+    ``workers``: processes of the ``workers*`` variants (0 = one per CPU core); the others run in-process."""
     from latent_rag_ros.core.protector import Protector
 
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
     if name == "eager-b1":
         return _OneByOne(Protector(g, reid, replace(cfg, fast_path=False), device))
-    fast_reid = {"folded": "folded", "channels-last": "channels_last"}.get(name, "off")
-    prot = Protector(g, reid, replace(cfg, fast_path=True, fast_reid=fast_reid), device)
+    fast_reid = {"folded": "folded", "channels-last": "channels_last", "workers-folded": "folded"}.get(name, "off")
+    n = workers if name.startswith("workers") else 1
+    prot = Protector(g, reid, replace(cfg, fast_path=True, fast_reid=fast_reid, workers=n), device)
+    if prot.pool is not None:
+        prot.pool.start()
     if name == "compile-reid":
         prot.loss_reid = torch.compile(copy.deepcopy(reid))
     elif name == "compile-synthesis":
@@ -165,7 +175,7 @@ def _run_paths(prots: dict[str, Any], images: torch.Tensor, store: Any, repeats:
     out: dict[str, Any] = {}
     for key, prot in prots.items():
         t0 = time.perf_counter()
-        if key.startswith("compile"):
+        if key.startswith("compile") or getattr(prot, "pool", None) is not None:
             prot.protect_with_store(images, store)
             saved = float("nan")
         else:
@@ -219,7 +229,7 @@ def bench_protect(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         g = build_bench_generator(name, cfg, device)
         prots = {k: Protector(g, reid, c, device) for k, c in paths.items()}
-        prots.update({v: build_variant(v, g, reid, base, device) for v in variants})
+        prots.update({v: build_variant(v, g, reid, base, device, args.workers) for v in variants})
         with tempfile.TemporaryDirectory() as tmp:
             store = open_store(f"{tmp}/store", create=True, dim=reid.dim, num_ws=g.num_ws, w_dim=g.w_dim)
             n = max(32, base.m * 4)
@@ -248,11 +258,41 @@ def bench_protect(args: argparse.Namespace) -> int:
                     dev = {"generator": name, "batch": bs, "path": key, "deviation": {
                         **step_deviation(res.w_adv, eager.w_adv, prots["fast"].step_options),
                         "ssim_min": round(s_min, 4), "ssim_mean": round(s_mean, 4)}}
+                    pool = getattr(prots[key], "pool", None)
+                    if pool is not None:
+                        dev["same_chunks"] = _same_chunks_deviation(res, images, store, g, reid, prots[key].cfg,
+                                                                    device, pool.workers)
                     rows.append(dev)
                     print(json.dumps(dev), flush=True)
             store.close()
+        for prot in prots.values():
+            if hasattr(prot, "close"):
+                prot.close()
     _print_table(rows)
     return 0
+
+
+def _same_chunks_deviation(res: Any, images: torch.Tensor, store: Any, g: torch.nn.Module, reid: torch.nn.Module,
+                           cfg: Any, device: torch.device, workers: int) -> dict[str, float]:
+    """A workers path against eager (same E mode) on the chunks an idle pool made, at one thread: exact."""
+    from latent_rag_ros.core.fastpath import step_deviation
+    from latent_rag_ros.core.parallel import chunk_sizes
+    from latent_rag_ros.core.protector import Protector, merge_results
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = Protector(g, reid, replace(cfg, workers=1), device)   # same fast_reid, same update rule
+        parts, start = [], 0
+        for n in chunk_sizes(len(images), workers):
+            parts.append(ref.protect_with_store(images[start:start + n], store))
+            start += n
+        want = merge_results(parts)
+    finally:
+        torch.set_num_threads(threads)
+    s_min, s_mean = _ssim_min_mean(res.images, want.images)
+    return {**step_deviation(res.w_adv, want.w_adv, ref.step_options), "ssim_min": round(s_min, 4),
+            "ssim_mean": round(s_mean, 4)}
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -270,3 +310,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
               f"| {a['saved_tensors_peak_mb']:.0f} / {b['saved_tensors_peak_mb']:.0f} | {d['max_abs_dw']:.3g} "
               f"| {d['entries_differing']:.2%} | {d['flipped_steps']:.2%} "
               f"| {d['ssim_min']:.4f} / {d['ssim_mean']:.4f} |")
+    same = [r for r in devs if "same_chunks" in r]
+    if same:
+        print("\nPaths with worker processes against eager on the same chunks at one thread (where they are exact):")
+        print("\n| generator | batch | path | max abs dw | entries differing | flipped steps | SSIM min / mean |")
+        print("|---|---|---|---|---|---|---|")
+        for r in same:
+            d = r["same_chunks"]
+            print(f"| {r['generator']} | {r['batch']} | {r['path']} | {d['max_abs_dw']:.3g} "
+                  f"| {d['entries_differing']:.2%} | {d['flipped_steps']:.2%} "
+                  f"| {d['ssim_min']:.4f} / {d['ssim_mean']:.4f} |")

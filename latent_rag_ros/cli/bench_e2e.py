@@ -9,7 +9,9 @@ crops protected per second, dropped frames and the load average, one JSON line p
 
 Defaults are the demo's settings (``cli.demo``: T=20, demo step sizes, the fine-tuned demo re-ID at
 128x64); ``--set`` overrides them. Paths: ``eager`` (``protector.fast_path=false``), ``fast`` (the
-default fast path, bit-identical to eager), ``folded`` / ``channels-last`` (``protector.fast_reid``).
+default fast path, bit-identical to eager), ``folded`` / ``channels-last`` (``protector.fast_reid``),
+``workers`` / ``workers-folded`` (the fast path with one 1-thread worker process per CPU core,
+``protector.workers=0``; frames are protected side by side).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 PATHS: dict[str, dict[str, Any]] = {
-    "eager": {"protector.fast_path": False, "protector.fast_reid": "off"},
-    "fast": {"protector.fast_path": True, "protector.fast_reid": "off"},
-    "folded": {"protector.fast_path": True, "protector.fast_reid": "folded"},
-    "channels-last": {"protector.fast_path": True, "protector.fast_reid": "channels_last"},
+    "eager": {"protector.fast_path": False, "protector.fast_reid": "off", "protector.workers": 1},
+    "fast": {"protector.fast_path": True, "protector.fast_reid": "off", "protector.workers": 1},
+    "folded": {"protector.fast_path": True, "protector.fast_reid": "folded", "protector.workers": 1},
+    "channels-last": {"protector.fast_path": True, "protector.fast_reid": "channels_last", "protector.workers": 1},
+    # the fast path's loops in one 1-thread process per CPU core (core/parallel.py), E as is / folded
+    "workers": {"protector.fast_path": True, "protector.fast_reid": "off", "protector.workers": 0},
+    "workers-folded": {"protector.fast_path": True, "protector.fast_reid": "folded", "protector.workers": 0},
 }
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 QUERY_START = 500          # frames from here on are replayed (the demo's query split) ...

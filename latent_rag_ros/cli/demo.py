@@ -29,6 +29,10 @@ QUERY_START = 500                      # the rest: what the robot sees later
 # (docs/NOTES.md) chose these: SSIM 0.28, and protected embeddings that match their own person
 # better than the other people in the frame in 76% of queries (paper defaults: 52%).
 DEMO_PROTECTOR = {"protector.steps": 20, "protector.coarse_step": 0.005, "protector.fine_step": 0.1}
+# The demo protects with one 1-thread worker process per CPU core (core/parallel.py): on 2 cores it
+# protects ~1.6x the crops per second of one process (docs/perf.md). Not part of DEMO_PROTECTOR, which the
+# regression guard and the benchmarks reuse with their own process counts.
+DEMO_WORKERS = {"protector.workers": 0}
 # The demo's re-ID model (retrieval, L_id, evaluation): the DeepSORT MobileNetV2 fine-tuned on the tracked
 # people of vtest.avi frames 0-479 by `latent-rag train reid` (data/demo/REID_MODEL_CARD.md); the untrained
 # DeepSORT MobileNetV2 (ImageNet features, the package default) is evaluated beside it as a transfer backbone.
@@ -68,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not DEMO_REID_WEIGHTS.is_file():
         _say(f"{DEMO_REID_WEIGHTS} is missing (the package was installed without its data files); reinstall it")
         return 2
-    settings = {**DEMO_PROTECTOR, **DEMO_REID, **_set_overrides(args)}
+    settings = {**DEMO_PROTECTOR, **DEMO_WORKERS, **DEMO_REID, **_set_overrides(args)}
     cfg = load_config(args.config or _default_cfg(), {**settings, "store.path": str(store_dir),
                                                       "protector.device": "cpu"})
     models = build_models(cfg, "cpu", with_encoder=True)
@@ -78,7 +82,8 @@ def run_demo(args: argparse.Namespace) -> int:
              "show the pipeline works, not how good the method is.")
     _say(f"models: {json.dumps(models.sources)}")
     _say(f"protector: T={cfg.protector.steps}, coarse step {cfg.protector.coarse_step}, fine step "
-         f"{cfg.protector.fine_step}, m={cfg.protector.m} (demo settings; --set protector.KEY=VALUE changes them)")
+         f"{cfg.protector.fine_step}, m={cfg.protector.m}, workers {cfg.protector.workers or 'one per core'} "
+         "(demo settings; --set protector.KEY=VALUE changes them)")
     detector = build_detector(cfg)
 
     _say("1/5 gallery: detecting people in vtest.avi frames 0-479 and building the trusted store")

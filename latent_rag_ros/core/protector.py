@@ -20,6 +20,7 @@ from latent_rag_ros.core.augment import inverse_self_attention
 from latent_rag_ros.core.fastpath import fast_generation, loss_encoder, use_batched_backward
 from latent_rag_ros.core.generation import GenerationTrace, StepOptions, identity_aligned_generation, render
 from latent_rag_ros.core.imaging import bgr_to_tensor, tensor_to_bgr
+from latent_rag_ros.core.parallel import GenerationPool, resolve_workers
 from latent_rag_ros.core.retrieval import Retrieved, retrieve
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -103,6 +104,15 @@ class Protector:
         fast_reid = self.cfg.fast_reid if self.cfg.fast_path else "off"
         self.loss_reid = loss_encoder(self.reid, fast_reid)   # E as used inside L_id
         self.batched_backward = use_batched_backward(self.cfg.batched_backward, self.device)
+        workers = resolve_workers(self.cfg.workers, self.device) if self.cfg.fast_path else 1
+        # workers > 1: the fast path's loops run in that many 1-thread processes (core/parallel.py)
+        self.pool = GenerationPool(self.generator, self.reid, workers, fast_reid,
+                                   batched_backward=self.batched_backward) if workers > 1 else None
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (a later protect() starts them again)."""
+        if self.pool is not None:
+            self.pool.close()
 
     @property
     def step_options(self) -> StepOptions:
@@ -162,10 +172,14 @@ class Protector:
         if self.cfg.fast_path:
             ms: dict[str, float] = {}
             with timer.stage("generate"):
-                res = fast_generation(w_star, images, identity, self.generator, self.loss_reid, self.step_options,
-                                      self.batched_backward, ms)
-            timer.ms["generate"] -= ms["render"]   # the final render runs inside the loop's last step
-            timer.ms["render"] = ms["render"]
+                if self.pool is not None:
+                    res = self.pool.generate(w_star, images, identity, self.step_options)
+                else:
+                    res = fast_generation(w_star, images, identity, self.generator, self.loss_reid,
+                                          self.step_options, self.batched_backward, ms)
+            if "render" in ms:   # in-process: the final render ran inside the loop's last step
+                timer.ms["generate"] -= ms["render"]
+                timer.ms["render"] = ms["render"]
             w_adv, trace, protected, emb = res.w_adv, res.trace, res.images, res.embeddings
         else:
             with timer.stage("generate"):

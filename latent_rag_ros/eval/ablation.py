@@ -43,7 +43,17 @@ def protect_variant(name: str, models: Any, pcfg: Any, crops: Sequence[np.ndarra
     """Protected BGR crops (crop size) of one Table IV variant."""
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}; expected one of {sorted(ABLATIONS)}")
-    prot = Protector(models.generator, models.reid, dataclasses.replace(pcfg, **ABLATIONS[name]), device)
+    # in-process (workers=1): a few queries per variant would pay more for starting worker processes than
+    # they gain, and the seconds column would then count the start-up
+    prot = Protector(models.generator, models.reid, dataclasses.replace(pcfg, workers=1, **ABLATIONS[name]), device)
+    try:
+        return _protect_variant(name, prot, models, pcfg, crops, store)
+    finally:
+        prot.close()   # its worker processes, if protector.workers asked for them
+
+
+def _protect_variant(name: str, prot: Protector, models: Any, pcfg: Any, crops: Sequence[np.ndarray],
+                     store: Any) -> list[np.ndarray]:
     if name != "no_retrieval":
         return prot.protect_crops(list(crops), store)[0]
     if getattr(models, "latent_encoder", None) is None:

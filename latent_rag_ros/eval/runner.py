@@ -397,8 +397,11 @@ def sweep_stage(run: _Run) -> None:
             run.say(f"sweep {key}={v}")
             cfg_v = _sweep_cfg(run.cfg, run.cfg_path, plan.overrides, dotted, v)
             prot_v = Protector(run.models.generator, run.models.reid, cfg_v.protector, run.device)
-            imgs, _, _ = _protect_all(prot_v, data.query, run.store, plan.progress, desc=f"sweep {key}={v}",
-                                      labels=data.q_pids)
+            try:
+                imgs, _, _ = _protect_all(prot_v, data.query, run.store, plan.progress, desc=f"sweep {key}={v}",
+                                          labels=data.q_pids)
+            finally:
+                prot_v.close()
             priv = measure.privacy(imgs, data.query)
             util = measure.utility(run.backbones[0], data, imgs, plan.progress)
             rows.append({"value": v, "key": dotted, "ssim_mean": priv["ssim_mean"], "psnr_mean": priv["psnr_mean"],

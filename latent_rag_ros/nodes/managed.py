@@ -42,7 +42,7 @@ class ManagedNode(LifecycleNode):
         # first: destroy_node must work on a node whose constructor failed (e.g. a wrongly typed parameter)
         self.active = False
         self.slot: LatestSlot | None = None
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._released = True
         self.autostart = bool(self.declare_parameter(
             "autostart", True, ParameterDescriptor(
@@ -134,19 +134,21 @@ class ManagedNode(LifecycleNode):
         return ""
 
     # ------------------------------------------------------------------ helpers
-    def start_worker(self, target: Callable[[LatestSlot], None], name: str, depth: int) -> None:
-        """A fresh latest-wins slot and the worker thread that drains it (``target(slot)``)."""
+    def start_worker(self, target: Callable[[LatestSlot], None], name: str, depth: int, count: int = 1) -> None:
+        """A fresh latest-wins slot and ``count`` worker threads that drain it (each runs ``target(slot)``)."""
         self.slot = LatestSlot(depth, max_age_s=self.cfg.ros.max_frame_age_s)
-        self._worker = threading.Thread(target=target, args=(self.slot,), name=name, daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=target, args=(self.slot,), name=f"{name}{i or ''}", daemon=True)
+                         for i in range(max(1, count))]
+        for t in self._workers:
+            t.start()
 
     def stop_worker(self, timeout: float) -> None:
-        """Close the slot and join the worker (before publishers go away: publishing on a destroyed node aborts)."""
+        """Close the slot and join the workers (before publishers go away: publishing on a destroyed node aborts)."""
         if self.slot is not None:
             self.slot.close()
-        if self._worker is not None:
-            self._worker.join(timeout=timeout)
-            self._worker = None
+        for t in self._workers:
+            t.join(timeout=timeout)
+        self._workers = []
 
     def send(self, pub: Any, msg: Any, unheard: str) -> None:
         """Publish ``msg``; if no subscriber is matched at that moment it is lost, and counted under ``unheard``.

@@ -73,6 +73,7 @@ class ProtectorNode(ManagedNode):
         self._sealer: ClientSealer | None = None
         self.limits = frame_limits(self.cfg)
         self.window: BatchWindow | None = None
+        self._window_lock = threading.Lock()   # the window is shared by the worker threads
 
     def configure(self) -> None:
         """Load the egress key and the models (one warm-up); create the store client and the publisher."""
@@ -83,11 +84,15 @@ class ProtectorNode(ManagedNode):
         self.sources = dict(models.sources)   # model fingerprints the store must have been built for
         self.protector = Protector(models.generator, models.reid, self.cfg.protector, device)
         self.model_name = getattr(models.reid, "name", self.cfg.models.reid)
+        if self.protector.pool is not None:
+            self.protector.pool.start()   # spawn and warm up every worker process before the first frame
         self._warm_up()
         if self.random_weights:
             self.get_logger().warning(f"RANDOM-WEIGHT models in use: {', '.join(self.random_weights)}")
+        pool = self.protector.pool
         self.status.set(DiagnosticStatus.OK, "inactive: configured", model_loaded=True, device=str(device),
-                        random_weights=",".join(self.random_weights) or "none", store_reachable="unknown")
+                        random_weights=",".join(self.random_weights) or "none", store_reachable="unknown",
+                        workers=pool.workers if pool is not None else 1)
         # the trusted store directly (local store over SHM) or through the host-local relay (remote store)
         service = self.cfg.link.relay_service if self.cfg.link.via_relay else self.cfg.ros.retrieve_service
         self.client = self.create_client(RetrieveLatents, service, qos_profile=service_qos(self.cfg.ros.service_depth))
@@ -98,10 +103,12 @@ class ProtectorNode(ManagedNode):
         self.device = device
 
     def activate(self) -> None:
-        """Subscribe to crops and start the worker (and its batching window)."""
+        """Subscribe to crops and start the workers (one per protection process) and the batching window."""
         window_ms = self.cfg.protector.batch_window_ms   # 0: each frame is one batch, as it arrives
         self.window = BatchWindow(self.cfg.protector.batch_size, window_ms, now_ms) if window_ms > 0 else None
-        self.start_worker(self._run, "protector", self.cfg.ros.max_queue)
+        pool = self.protector.pool
+        # one thread per worker process, so that frames are protected side by side (core/parallel.py)
+        self.start_worker(self._run, "protector", self.cfg.ros.max_queue, pool.workers if pool is not None else 1)
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
                                             qos_profile(self.cfg.ros.output_qos))
         self.status.set(DiagnosticStatus.OK, "waiting for crops")
@@ -123,6 +130,8 @@ class ProtectorNode(ManagedNode):
         if self.client is not None:
             self.destroy_client(self.client)
             self.client = None
+        if self.protector is not None:
+            self.protector.close()
         self.protector = None
         self.tagger = None
         self._sealer = None
@@ -152,7 +161,9 @@ class ProtectorNode(ManagedNode):
     def _run(self, slot: LatestSlot) -> None:
         while rclpy.ok() and not slot.closed:
             stale = slot.stale
-            msg = slot.get(self.window.wait_s(0.2) if self.window is not None else 0.2)
+            with self._window_lock:
+                wait = self.window.wait_s(0.2) if self.window is not None else 0.2
+            msg = slot.get(wait)
             if slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
                 self.status.count("frames_stale", slot.stale - stale)
             if self.window is None:
@@ -160,10 +171,15 @@ class ProtectorNode(ManagedNode):
                     self._process_safely(msg)
                 continue
             # micro-batching: crops of several frames share one batch; none waits past batch_window_ms
-            if msg is not None:
-                self.window.add(msg.crops)
-            while self.window.ready() and not slot.closed:
-                self._process_safely(_CropBatch(self.window.take()))
+            while not slot.closed:
+                with self._window_lock:
+                    if msg is not None:
+                        self.window.add(msg.crops)
+                        msg = None
+                    batch = self.window.take() if self.window.ready() else None
+                if batch is None:
+                    break
+                self._process_safely(_CropBatch(batch))
 
     def _process_safely(self, msg: PersonCrops | _CropBatch) -> None:
         try:

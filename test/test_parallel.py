@@ -1,0 +1,149 @@
+"""Crop-parallel T-step loops (core/parallel.py): real worker processes, bit-identical to eager per chunk.
+
+Real parts: spawned worker processes, the project's StyleGAN3 at a tiny size with random weights (no
+pretrained StyleGAN exists offline) and the real DeepSORT MobileNetV2 re-ID with its shipped weights at
+a small input size. Nothing is timed here: the speed is measured by ``latent-rag bench protect``
+(docs/perf.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latent_rag_ros.config import ProtectorConfig
+from latent_rag_ros.core.fastpath import fast_generation
+from latent_rag_ros.core.generation import StepOptions, identity_aligned_generation
+from latent_rag_ros.core.parallel import GenerationPool, chunk_sizes, resolve_workers
+from latent_rag_ros.core.protector import Protector
+from latent_rag_ros.core.retrieval import Retrieved
+from latent_rag_ros.models.reid import load_reid
+from latent_rag_ros.models.stylegan3 import Generator
+
+OPTS = StepOptions(steps=3, coarse_step=0.02, fine_step=0.05)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    g = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs={"num_layers": 2},
+                  channel_base=32 * 32, channel_max=32, num_layers=4, num_critical=1, margin_size=2,
+                  square=False).eval().requires_grad_(False)
+    return g, load_reid("deepsort_mobilenetv2", input_size=(64, 32)).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def pool(models):
+    p = GenerationPool(*models, workers=2)
+    p.start()
+    yield p
+    p.close()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The workers run at one intra-op thread; the in-process references must too, to be comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _inputs(g, reid, b: int, seed: int = 1):
+    rng = torch.Generator().manual_seed(seed)
+    w = g.mapping(torch.randn(b, g.z_dim, generator=rng)).detach()
+    images = torch.rand(b, 3, g.img_height, g.img_width, generator=rng)
+    with torch.no_grad():
+        f = reid(torch.rand(b, 3, g.img_height, g.img_width, generator=rng))
+    return w, images, F.normalize(f, dim=1)
+
+
+@pytest.mark.parametrize(("batch", "workers", "sizes"), [
+    (8, 2, [4, 4]), (3, 2, [2, 1]), (5, 3, [2, 2, 1]), (1, 4, [1]), (0, 2, []), (7, 1, [7]),
+])
+def test_chunk_sizes(batch: int, workers: int, sizes: list[int]) -> None:
+    assert chunk_sizes(batch, workers) == sizes
+
+
+def test_chunk_sizes_and_workers_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="workers >= 1"):
+        chunk_sizes(4, 0)
+    with pytest.raises(ValueError, match=r"protector\.workers must be >= 0"):
+        resolve_workers(-1, torch.device("cpu"))
+    assert resolve_workers(3, torch.device("cpu")) == 3
+    assert resolve_workers(0, torch.device("cpu")) == len(os.sched_getaffinity(0))
+    assert resolve_workers(4, torch.device("cuda")) == 1   # no device needed: only the type is read
+
+
+def test_pool_is_bit_identical_to_eager_on_the_same_chunks(models, pool) -> None:
+    g, reid = models
+    w, images, f = _inputs(g, reid, 3)
+    got = pool.generate(w, images, f, OPTS)
+    # the split of an idle pool: [2, 1]; eager (the reference loop) on each chunk at one thread
+    ref_w = torch.cat([identity_aligned_generation(w[s], images[s], f[s], g, reid, OPTS)[0]
+                       for s in (slice(0, 2), slice(2, 3))])
+    assert torch.equal(got.w_adv, ref_w)
+    parts = [fast_generation(w[s], images[s], f[s], g, reid, OPTS) for s in (slice(0, 2), slice(2, 3))]
+    assert torch.equal(got.images, torch.cat([p.images for p in parts]))
+    assert torch.equal(got.embeddings, torch.cat([p.embeddings for p in parts]))
+    assert len(got.trace.distance) == OPTS.steps + 1
+    assert got.trace.distance[0] == parts[0].trace.distance[0] + parts[1].trace.distance[0]
+    assert not torch.equal(got.w_adv, w), "the loop moved nothing"
+
+
+def test_step_options_travel_with_every_batch(models, pool) -> None:
+    g, reid = models
+    w, images, f = _inputs(g, reid, 2, seed=2)
+    one = pool.generate(w, images, f, replace(OPTS, steps=1))
+    two = pool.generate(w, images, f, replace(OPTS, steps=2))
+    assert len(one.trace.distance) == 2 and len(two.trace.distance) == 3
+    assert not torch.equal(one.w_adv, two.w_adv)
+
+
+def test_protector_with_workers_equals_in_process_chunks(models) -> None:
+    g, reid = models
+    w, images, f = _inputs(g, reid, 4, seed=3)
+    rng = np.random.default_rng(0)
+    lat = np.repeat(w.numpy()[:, None], 3, axis=1) + rng.normal(0, 0.05, (4, 3, *w.shape[1:])).astype(np.float32)
+    got = Retrieved(lat, np.ones((4, 3), np.float32), np.arange(12).reshape(4, 3), "v")
+    cfg = ProtectorConfig(m=3, steps=2, coarse_step=0.02, fine_step=0.05, device="cpu")
+    serial = Protector(g, reid, cfg, "cpu")
+    parallel = Protector(g, reid, replace(cfg, workers=2), "cpu")
+    try:
+        assert serial.pool is None and parallel.pool is not None and parallel.pool.workers == 2
+        res = parallel.protect(images, got, f)
+        parts = [serial.protect(images[s], Retrieved(lat[s], got.scores[s], got.ids[s], "v"), f[s])
+                 for s in (slice(0, 2), slice(2, 4))]
+    finally:
+        parallel.close()
+    assert torch.equal(res.w_adv, torch.cat([p.w_adv for p in parts]))
+    assert torch.equal(res.images, torch.cat([p.images for p in parts]))
+    assert set(res.timings_ms) >= {"augment", "generate", "total"}
+    # the eager path never uses the workers
+    assert Protector(g, reid, replace(cfg, workers=2, fast_path=False), "cpu").pool is None
+
+
+def test_a_dead_worker_fails_its_batch_and_fresh_workers_take_over(models) -> None:
+    g, reid = models
+    w, images, f = _inputs(g, reid, 2, seed=4)
+    p = GenerationPool(g, reid, workers=2)
+    try:
+        p.start()
+        assert len(p.pids()) == 2
+        victim = p.pids()[0]   # a real worker process, killed as the kernel's OOM killer would
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="worker process died"):
+            for _ in range(50):   # the executor notices the death at its next look; until then batches pass
+                p.generate(w, images, f, OPTS)
+        assert p.restarts == 1 and p.pids() == []
+        again = p.generate(w, images, f, OPTS)   # fresh workers
+        assert len(p.pids()) == 2 and victim not in p.pids()
+        assert again.w_adv.shape == w.shape and torch.isfinite(again.images).all()
+    finally:
+        p.close()
