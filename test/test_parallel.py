@@ -147,3 +147,21 @@ def test_a_dead_worker_fails_its_batch_and_fresh_workers_take_over(models) -> No
         assert again.w_adv.shape == w.shape and torch.isfinite(again.images).all()
     finally:
         p.close()
+
+
+def test_bench_protect_measures_the_workers_path_against_eager_on_its_chunks(capsys) -> None:
+    """A tiny bench run (demo G, T=2, two crops, two workers): the workers row is exact on the same chunks."""
+    import json
+
+    from latent_rag_ros.cli import main
+
+    assert main(["bench", "protect", "--generator", "demo", "--batch-sizes", "2", "--repeats", "1", "--threads", "1",
+                 "--set", "protector.steps=2", "--set", "protector.m=2", "--variants", "workers",
+                 "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    dev = next(r for r in rows if r.get("path") == "workers" and "deviation" in r)
+    assert dev["same_chunks"]["max_abs_dw"] == 0.0 and dev["same_chunks"]["ssim_min"] == 1.0
+    timed = next(r for r in rows if r.get("path") == "workers" and "ms_per_crop" in r)
+    assert timed["ms_per_crop"] > 0 and "render" not in timed["stages_ms_per_crop"]   # rendered in the workers
+    assert "on the same chunks at one thread" in out and "| demo | 2 | workers |" in out

@@ -284,8 +284,8 @@ def _same_chunks_deviation(res: Any, images: torch.Tensor, store: Any, g: torch.
     try:
         ref = Protector(g, reid, replace(cfg, workers=1), device)   # same fast_reid, same update rule
         parts, start = [], 0
-        for n in chunk_sizes(len(images), workers):
-            parts.append(ref.protect_with_store(images[start:start + n], store))
+        for n in chunk_sizes(len(images), workers):   # f as the path computed it: on the whole batch
+            parts.append(ref.protect_with_store(images[start:start + n], store, identity=res.identity[start:start + n]))
             start += n
         want = merge_results(parts)
     finally:
