@@ -1,7 +1,7 @@
 """Crop-parallel T-step loops on a CPU: the batch is split into chunks, each run in its own 1-thread process.
 
 Why: on a few CPU cores the T-step loop's tensors are small (the demo's 64x32 generator, a 128x64 re-ID),
-so PyTorch's intra-op threads barely help (demo, batch 8: 1.28x from 1 to 2 threads, docs/perf.md),
+so PyTorch's intra-op threads barely help (demo, batch 8, 1 -> 2 threads: 1.28x in one run, 0.89x in another),
 while independent crops on independent cores scale almost linearly (two 1-thread processes ran at the
 speed of one). Processes, not threads: the loop issues thousands of small ops per crop and Python's GIL
 would serialise them.
@@ -10,7 +10,7 @@ How a batch is split: over the workers that are idle when it arrives (``chunk_si
 chunk). One caller alone (the CLI, the evaluation) always gets every worker, so its split is a pure
 function of the batch size and a run is reproducible. In the node, several frames are in flight under
 load: each then runs whole in one worker, at the per-crop efficiency of its full batch (batch 8 costs
-~12% less per crop than batch 4 on the demo), and an idle pool splits a frame to cut its latency.
+~8% less per crop than batch 4 on the demo), and an idle pool splits a frame to cut its latency.
 
 Exactness: a worker runs ``fast_generation`` on its chunk with one intra-op thread, so each crop's result
 is bit-identical to the eager loop (or the in-process fast path) run on that same chunk at one thread
