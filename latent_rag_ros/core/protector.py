@@ -49,6 +49,7 @@ class ProtectResult:
     w_adv: torch.Tensor                  # [B,L,C]
     timings_ms: dict[str, float] = field(default_factory=dict)
     trace: GenerationTrace = field(default_factory=GenerationTrace)
+    w_star: torch.Tensor | None = None   # [B,L,C] the fused start code (eq. 5), where the T steps began
 
     @property
     def losses(self) -> list[dict[str, float]]:
@@ -191,7 +192,7 @@ class Protector:
                 emb = self.reid(protected)
         timer.ms["total"] = sum(v for k, v in timer.ms.items() if k != "total")
         return ProtectResult(protected, emb, identity, retrieved.ids, retrieved.scores, retrieved.version,
-                             w_adv, dict(timer.ms), trace)
+                             w_adv, dict(timer.ms), trace, w_star)
 
     def protect_with_store(
         self,
@@ -258,4 +259,5 @@ def merge_results(parts: list[ProtectResult]) -> ProtectResult:
         torch.cat([p.identity for p in parts]), np.concatenate([p.ids for p in parts]),
         np.concatenate([p.scores for p in parts]), parts[-1].store_version,
         torch.cat([p.w_adv for p in parts]), timings, trace,
+        torch.cat([p.w_star for p in parts]) if all(p.w_star is not None for p in parts) else None,
     )
