@@ -34,3 +34,23 @@ class TinyReID(nn.Module):
         x = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False)
         x = (x - 0.45) / 0.25
         return F.normalize(self.body(x).mean(dim=(2, 3)), dim=1)
+
+
+def tiny_stylegan3() -> nn.Module:
+    """The project's StyleGAN3 at 32x16 with random weights (seed 0), in eval mode, frozen."""
+    from latent_rag_ros.models.stylegan3 import Generator
+
+    torch.manual_seed(0)
+    return Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs={"num_layers": 2},
+                     channel_base=32 * 32, channel_max=32, num_layers=4, num_critical=1, margin_size=2,
+                     square=False).eval().requires_grad_(False)
+
+
+def loop_inputs(g: nn.Module, reid: nn.Module, b: int = 3, seed: int = 1):
+    """Random w [b,L,C] from G's mapping, target images [b,3,H,W] and an L2-normalised f of other images."""
+    rng = torch.Generator().manual_seed(seed)
+    w = g.mapping(torch.randn(b, g.z_dim, generator=rng)).detach()
+    images = torch.rand(b, 3, g.img_height, g.img_width, generator=rng)
+    with torch.no_grad():
+        f = reid(torch.rand(b, 3, g.img_height, g.img_width, generator=rng))
+    return w, images, F.normalize(f, dim=1)

@@ -99,3 +99,15 @@ def call(client: Any, request: Any, what: str, timeout: float = 120.0, resend_af
             return fut.result()
         client.remove_pending_request(fut)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for the reply of {what}")
+
+
+def node_status(diags: list, node: str) -> dict[str, str]:
+    """The newest /diagnostics values of ``node`` (``diags``: collected DiagnosticArray messages), plus its
+    message and level under ``_message`` / ``_level``; empty until the node has reported."""
+    out: dict[str, str] = {}
+    for arr in list(diags):
+        for st in arr.status:
+            if st.name.endswith(node):
+                out = {kv.key: kv.value for kv in st.values}
+                out["_message"], out["_level"] = st.message, str(st.level)
+    return out

@@ -25,9 +25,8 @@ from latent_rag_ros.core.generation import StepOptions, identity_aligned_generat
 from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.eval.metrics import ssim
 from latent_rag_ros.models.reid import load_reid
-from latent_rag_ros.models.stylegan3 import Generator
 
-from nets import TinyReID
+from nets import TinyReID, loop_inputs, tiny_stylegan3
 
 COARSE = 3
 SCHEDULES = [
@@ -40,24 +39,12 @@ SCHEDULES = [
 
 @pytest.fixture(scope="module")
 def gen() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs={"num_layers": 2},
-                     channel_base=32 * 32, channel_max=32, num_layers=4, num_critical=1, margin_size=2,
-                     square=False).eval().requires_grad_(False)
+    return tiny_stylegan3()
 
 
 @pytest.fixture(scope="module")
 def mobilenet() -> torch.nn.Module:
     return load_reid("deepsort_mobilenetv2", input_size=(64, 32))
-
-
-def _inputs(g: torch.nn.Module, reid: torch.nn.Module, b: int = 3, seed: int = 1):
-    rng = torch.Generator().manual_seed(seed)
-    w = g.mapping(torch.randn(b, g.z_dim, generator=rng)).detach()
-    images = torch.rand(b, 3, g.img_height, g.img_width, generator=rng)
-    with torch.no_grad():
-        f = reid(torch.rand(b, 3, g.img_height, g.img_width, generator=rng))
-    return w, images, F.normalize(f, dim=1)
 
 
 def _eager_gradients(w, images, f, g, reid):
@@ -80,7 +67,7 @@ def _image_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("batched", [False, True])
 def test_step_gradients_equal_the_eager_ones(gen, batched: bool) -> None:
     reid = TinyReID(dim=16).eval().requires_grad_(False)
-    w, images, f = _inputs(gen, reid)
+    w, images, f = loop_inputs(gen, reid)
     ref_div, ref_id = _eager_gradients(w, images, f, gen, reid)
     _, _, g_div, g_id = step_gradients(w, images, f, gen, reid, True, True, batched)
     assert _rel(g_div, ref_div) < 1e-4
@@ -94,7 +81,7 @@ def test_one_backward_of_the_summed_objective_would_mix_the_gradients(gen) -> No
     (nor d(L_div)/dw on the fine rows); a summed objective with per-row masks would not be the eager rule.
     """
     reid = TinyReID(dim=16).eval().requires_grad_(False)
-    w, images, f = _inputs(gen, reid)
+    w, images, f = loop_inputs(gen, reid)
     g_div, g_id = _eager_gradients(w, images, f, gen, reid)
     mixed = g_div + g_id
     assert _rel(mixed[:, :COARSE], g_div[:, :COARSE]) > 1e-3
@@ -104,7 +91,7 @@ def test_one_backward_of_the_summed_objective_would_mix_the_gradients(gen) -> No
 @pytest.mark.parametrize("opts", SCHEDULES, ids=["simultaneous", "alternating", "momentum", "authors"])
 def test_fast_loop_equals_the_eager_loop(gen, opts: StepOptions) -> None:
     reid = TinyReID(dim=16).eval().requires_grad_(False)
-    w, images, f = _inputs(gen, reid)
+    w, images, f = loop_inputs(gen, reid)
     ref_w, ref_trace = identity_aligned_generation(w, images, f, gen, reid, opts)
     res = fast_generation(w, images, f, gen, reid, opts)
     dev = step_deviation(res.w_adv, ref_w, opts)
@@ -121,7 +108,7 @@ def test_fast_loop_equals_the_eager_loop(gen, opts: StepOptions) -> None:
 def test_authors_schedule_takes_two_forwards_per_step(gen) -> None:
     """The authors' rule: coarse update, then a fine update from a new forward, with MI-FGSM momentum 0.9."""
     reid = TinyReID(dim=16).eval().requires_grad_(False)
-    w, images, f = _inputs(gen, reid)
+    w, images, f = loop_inputs(gen, reid)
     calls = []
     handle = gen.synthesis.register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -160,7 +147,7 @@ def test_folded_encoder_is_the_same_function_up_to_rounding(mobilenet) -> None:
 
 def test_fast_loop_with_a_real_encoder_equals_eager(gen, mobilenet) -> None:
     """Fast path (default settings) vs eager with the real MobileNetV2: < 1% flipped steps, image SSIM >= 0.98."""
-    w, images, f = _inputs(gen, mobilenet)
+    w, images, f = loop_inputs(gen, mobilenet)
     opts = StepOptions(steps=6, coarse_step=0.005, fine_step=0.05)
     ref_w, _ = identity_aligned_generation(w, images, f, gen, mobilenet, opts)
     res = fast_generation(w, images, f, gen, loss_encoder(mobilenet), opts)
@@ -185,7 +172,7 @@ def test_fast_loop_on_cuda_equals_eager(gen) -> None:
     """On CUDA (batched backward on): same update as the eager loop on CUDA, SSIM >= 0.98."""
     dev = torch.device("cuda")
     reid = TinyReID(dim=16).eval().requires_grad_(False)
-    w, images, f = (t.to(dev) for t in _inputs(gen, reid))
+    w, images, f = (t.to(dev) for t in loop_inputs(gen, reid))
     g, reid = copy.deepcopy(gen).to(dev), reid.to(dev)
     opts = StepOptions(steps=4, coarse_step=0.02, fine_step=0.02)
     ref_w, _ = identity_aligned_generation(w, images, f, g, reid, opts)

@@ -18,15 +18,13 @@ from latent_rag_ros.core.generation import StepOptions, identity_aligned_generat
 from latent_rag_ros.core.imaging import tensor_to_bgr
 from latent_rag_ros.eval.metrics import ssim
 from latent_rag_ros.models.reid import load_reid
-from latent_rag_ros.models.stylegan.stylegan3 import Generator
+
+from nets import tiny_stylegan3
 
 
 @pytest.fixture(scope="module")
 def gen() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs={"num_layers": 2},
-                     channel_base=32 * 32, channel_max=32, num_layers=4, num_critical=1, margin_size=2,
-                     square=False).eval().requires_grad_(False)
+    return tiny_stylegan3()
 
 
 @pytest.fixture(scope="module")

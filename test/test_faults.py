@@ -34,7 +34,7 @@ from latent_rag_ros.nodes.graph import Graph, Respawn, provision_local_keys
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store.build import BuildPlan, build_store
 
-from rosutil import Probe, vtest_frames, wait_for, write_params
+from rosutil import Probe, node_status, vtest_frames, wait_for, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,15 +68,6 @@ def test_backoff_doubles_and_stops_after_max_retries() -> None:
     g.supervise(t)
     assert spawned == [1.0, 2.6]
     assert g.supervise(3.0)[1] == {"n": -9}                    # max_retries spent: dead for good
-
-
-def _status(diags: list, node: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for arr in list(diags):
-        for st in arr.status:
-            if st.name.endswith(node):
-                out = {kv.key: kv.value for kv in st.values}
-    return out
 
 
 class Supervisor:
@@ -173,25 +164,25 @@ def test_kill_store_protector_egress_during_a_stream(fault_setup, tmp_path: Path
         # could be back before the busy protector next asked it (CI once saw exactly that).
         graph.respawn = Respawn(max_retries=3, delay=20.0)
         os.kill(graph.procs["store_node"].pid, signal.SIGKILL)
-        wait_for(lambda: int(_status(diags, "protector_node").get("store_outages", 0)) >= 1, 120,
+        wait_for(lambda: int(node_status(diags, "protector_node").get("store_outages", 0)) >= 1, 120,
                  "protector reporting the store outage")
-        wait_for(lambda: int(_status(diags, "protector_node").get("crops_dropped_store", 0)) > 0, 120,
+        wait_for(lambda: int(node_status(diags, "protector_node").get("crops_dropped_store", 0)) > 0, 120,
                  "crops lost in the outage counted")
-        wait_for(lambda: _status(diags, "store_node").get("restarts") == "1", 120, "store_node respawned")
+        wait_for(lambda: node_status(diags, "store_node").get("restarts") == "1", 120, "store_node respawned")
         graph.respawn = Respawn(max_retries=3, delay=0.5)
         n = len(out)
-        wait_for(lambda: len(out) > n and _status(diags, "protector_node").get("store_reachable") == "True", 180,
+        wait_for(lambda: len(out) > n and node_status(diags, "protector_node").get("store_reachable") == "True", 180,
                  "protection resumed after the store came back")
 
         # 2. the protector dies: the respawned one loads its models and protects again
         os.kill(graph.procs["protector_node"].pid, signal.SIGKILL)
-        wait_for(lambda: _status(diags, "protector_node").get("restarts") == "1", 120, "protector respawned")
+        wait_for(lambda: node_status(diags, "protector_node").get("restarts") == "1", 120, "protector respawned")
         n = len(out)
         wait_for(lambda: len(out) > n, 240, "protection resumed after the protector came back")
 
         # 3. egress dies: /reid/protected resumes from the respawned egress
         os.kill(graph.procs["egress_node"].pid, signal.SIGKILL)
-        wait_for(lambda: _status(diags, "egress_node").get("restarts") == "1", 120, "egress respawned")
+        wait_for(lambda: node_status(diags, "egress_node").get("restarts") == "1", 120, "egress respawned")
         n = len(out)
         wait_for(lambda: len(out) > n, 240, "egress forwarding again")
         streaming.clear()

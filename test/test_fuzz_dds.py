@@ -27,20 +27,10 @@ from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.egress_node import sign_protected
 from latent_rag_ros.nodes.graph import Graph
 
-from rosutil import Probe, vtest_frames, wait_for, write_params
+from rosutil import Probe, node_status, vtest_frames, wait_for, write_params
 
 pytestmark = pytest.mark.ros
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def _status(diags: list, node: str) -> dict[str, str]:
-    """Latest /diagnostics values of ``node``."""
-    out: dict[str, str] = {}
-    for arr in list(diags):
-        for st in arr.status:
-            if st.name.endswith(node):
-                out = {kv.key: kv.value for kv in st.values}
-    return out
 
 
 def _jpeg_bag(path: Path, frames: list[np.ndarray]) -> Path:
@@ -75,7 +65,7 @@ def test_detector_takes_a_compressed_bag_and_survives_garbage(tmp_path: Path) ->
         wait_for(lambda: pub.get_subscription_count() > 0, 60, "detector subscription on /cam/compressed")
         for data in (b"", b"\xff\xd8\xff\xe0garbage", bytes(range(256)) * 50):
             pub.publish(CompressedImage(format="jpeg", data=data))
-        wait_for(lambda: int(_status(diags, "detector_node").get("frames_invalid", 0)) >= 1, 60,
+        wait_for(lambda: int(node_status(diags, "detector_node").get("frames_invalid", 0)) >= 1, 60,
                  "garbage counted as frames_invalid")
         # the bag's JPEG frames, played the way `latent-rag replay` plays a camera bag (in a process of
         # its own: it waits for "a publisher on the egress topic", here the detector's crops topic)
@@ -124,9 +114,9 @@ def test_egress_over_dds_forwards_only_complete_protected_crops(tmp_path: Path) 
             sign_protected(tagger, msg)
             pub.publish(msg)
             time.sleep(0.05)
-        wait_for(lambda: int(_status(diags, "egress_node").get("frames_in", 0)) >= 12, 60, "12 frames in egress")
+        wait_for(lambda: int(node_status(diags, "egress_node").get("frames_in", 0)) >= 12, 60, "12 frames in egress")
         wait_for(lambda: len(out) >= 6, 30, "6 forwarded")
-        st = _status(diags, "egress_node")
+        st = node_status(diags, "egress_node")
         assert st["dropped_invalid"] == "6" and st["frames_out"] == "6"
         assert all(len(m.embedding) == 2 and len(m.image.data) == m.image.step * m.image.height for m in out)
         assert not graph.failed()
@@ -160,8 +150,8 @@ def test_protector_over_dds_rejects_bad_crops_and_publishes_nothing_without_a_st
         for _ in range(3):
             pub.publish(PersonCrops(crops=crops))
             time.sleep(0.5)
-        wait_for(lambda: int(_status(diags, "protector_node").get("crops_invalid", 0)) >= 3, 60, "crops_invalid")
-        wait_for(lambda: _status(diags, "protector_node").get("store_reachable") == "False", 60,
+        wait_for(lambda: int(node_status(diags, "protector_node").get("crops_invalid", 0)) >= 3, 60, "crops_invalid")
+        wait_for(lambda: node_status(diags, "protector_node").get("store_reachable") == "False", 60,
                  "store_reachable=False on /diagnostics")
         assert not out, "a protector without a store must publish nothing"
         assert not graph.failed()

@@ -10,19 +10,15 @@ import pytest
 import torch
 
 from latent_rag_ros.core.generation import StepOptions, identity_aligned_generation, render
-from latent_rag_ros.models.stylegan3 import Generator
 
-from nets import TinyReID
+from nets import TinyReID, tiny_stylegan3
 
 COARSE = 3
 
 
 @pytest.fixture(scope="module")
 def nets() -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
-    g = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs={"num_layers": 2},
-                  channel_base=32 * 32, channel_max=32, num_layers=4, num_critical=1, margin_size=2,
-                  square=False).eval().requires_grad_(False)
+    g = tiny_stylegan3()
     return g, TinyReID(dim=16).eval().requires_grad_(False)
 
 

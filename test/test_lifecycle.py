@@ -34,7 +34,7 @@ from latent_rag_ros.nodes.graph import Graph
 from latent_rag_ros.srv import RetrieveLatents
 from latent_rag_ros.store import open_store
 
-from rosutil import Probe, call, vtest_frames, wait_for, write_params
+from rosutil import Probe, call, node_status, vtest_frames, wait_for, write_params
 
 pytestmark = pytest.mark.ros
 NS = "/latent_rag"
@@ -61,16 +61,6 @@ class Managed:
         fut = self._set.call_async(req)
         wait_for(fut.done, 300, f"{self.node} {transition}")
         return fut.result().success
-
-
-def _status(diags: list, node: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for arr in list(diags):
-        for st in arr.status:
-            if st.name.endswith(node):
-                out = {kv.key: kv.value for kv in st.values}
-                out["_message"], out["_level"] = st.message, str(st.level)
-    return out
 
 
 def _frame(bgr: np.ndarray, mark: str) -> Image:
@@ -104,8 +94,8 @@ def test_detector_and_egress_publish_only_while_active(tmp_path: Path) -> None:
 
         # unconfigured: /diagnostics shows it, no data topic exists, no input is taken
         assert det.get() == "unconfigured" and egr.get() == "unconfigured"
-        wait_for(lambda: _status(diags, "detector_node").get("lifecycle_state") == "unconfigured"
-                 and _status(diags, "egress_node").get("lifecycle_state") == "unconfigured", 60, "diagnostics")
+        wait_for(lambda: node_status(diags, "detector_node").get("lifecycle_state") == "unconfigured"
+                 and node_status(diags, "egress_node").get("lifecycle_state") == "unconfigured", 60, "diagnostics")
         assert probe.node.count_publishers(f"{NS}/crops") == 0 and probe.node.count_publishers("/reid/protected") == 0
         frames = vtest_frames([400, 440, 480])
         for k, f in enumerate(frames):
@@ -121,8 +111,8 @@ def test_detector_and_egress_publish_only_while_active(tmp_path: Path) -> None:
         for k, f in enumerate(frames):
             cam.publish(_frame(f, f"inactive-{k}"))
             prot.publish(crop(-10 - k))
-        wait_for(lambda: _status(diags, "detector_node").get("lifecycle_state") == "inactive"
-                 and _status(diags, "detector_node").get("model_loaded") == "True", 60, "inactive in diagnostics")
+        wait_for(lambda: node_status(diags, "detector_node").get("lifecycle_state") == "inactive"
+                 and node_status(diags, "detector_node").get("model_loaded") == "True", 60, "inactive in diagnostics")
 
         # active: output flows, and it is the first output ever
         assert det.set("activate") and egr.set("activate")
@@ -163,8 +153,8 @@ def test_detector_and_egress_publish_only_while_active(tmp_path: Path) -> None:
 
         # clean-up frees the detector; shutdown finalizes; the process still stops cleanly
         assert det.set("deactivate") and det.set("cleanup") and det.get() == "unconfigured"
-        wait_for(lambda: _status(diags, "detector_node").get("model_loaded") == "False"
-                 and _status(diags, "detector_node").get("lifecycle_state") == "unconfigured", 60, "cleaned up")
+        wait_for(lambda: node_status(diags, "detector_node").get("model_loaded") == "False"
+                 and node_status(diags, "detector_node").get("lifecycle_state") == "unconfigured", 60, "cleaned up")
         assert det.set("configure") and det.get() == "inactive"     # configurable again
         assert det.set("shutdown") and det.get() == "finalized"
     finally:
@@ -191,8 +181,8 @@ def test_failed_configure_is_reported_and_the_node_stays_unconfigured(tmp_path: 
         client = probe.node.create_client(RetrieveLatents, f"{NS}/retrieve_latents")
         assert not store.set("configure")
         assert store.get() == "unconfigured"
-        wait_for(lambda: "configure failed" in _status(diags, "store_node").get("_message", ""), 60, "diagnostics")
-        st = _status(diags, "store_node")
+        wait_for(lambda: "configure failed" in node_status(diags, "store_node").get("_message", ""), 60, "diagnostics")
+        st = node_status(diags, "store_node")
         assert str(store_path) in st["_message"] and st["lifecycle_state"] == "unconfigured"
         assert st["_level"] == str(DiagnosticStatus.ERROR)
         log = (tmp_path / "logs" / "store_node.log").read_text()
@@ -239,7 +229,7 @@ def test_frames_lost_while_the_next_node_is_down_are_counted(tmp_path: Path) -> 
         frames = vtest_frames([400, 440, 480])
 
         def count(key: str) -> int:
-            return int(_status(diags, "detector_node").get(key, 0))
+            return int(node_status(diags, "detector_node").get(key, 0))
 
         k = 0
         while count("frames_out") < 2:         # nobody subscribes to crops: every message is lost
@@ -321,7 +311,7 @@ def test_protector_lifecycle_through_change_state(tmp_path: Path) -> None:
         pub.publish(batch(-1))
         assert prot.set("configure") and prot.get() == "inactive"      # models load and warm up here
         wait_for(lambda: probe.node.count_publishers(f"{NS}/protected") == 1
-                 and _status(diags, "protector_node").get("model_loaded") == "True", 60, "configured")
+                 and node_status(diags, "protector_node").get("model_loaded") == "True", 60, "configured")
         assert pub.get_subscription_count() == 0
         pub.publish(batch(-2))
         assert prot.set("activate")
@@ -342,7 +332,7 @@ def test_protector_lifecycle_through_change_state(tmp_path: Path) -> None:
             k += 1
             assert k < 600 and not graph.failed(), graph.failed()
             time.sleep(1.0)
-        wait_for(lambda: _status(diags, "protector_node").get("lifecycle_state") == "active", 30, "diagnostics")
+        wait_for(lambda: node_status(diags, "protector_node").get("lifecycle_state") == "active", 30, "diagnostics")
     finally:
         codes = {**graph.stop(), **store_graph.stop()}
         probe.close()

@@ -15,7 +15,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from latent_rag_ros.config import ProtectorConfig
 from latent_rag_ros.core.fastpath import fast_generation
@@ -24,17 +23,15 @@ from latent_rag_ros.core.parallel import GenerationPool, chunk_sizes, resolve_wo
 from latent_rag_ros.core.protector import Protector
 from latent_rag_ros.core.retrieval import Retrieved
 from latent_rag_ros.models.reid import load_reid
-from latent_rag_ros.models.stylegan3 import Generator
+
+from nets import loop_inputs, tiny_stylegan3
 
 OPTS = StepOptions(steps=3, coarse_step=0.02, fine_step=0.05)
 
 
 @pytest.fixture(scope="module")
 def models() -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
-    g = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs={"num_layers": 2},
-                  channel_base=32 * 32, channel_max=32, num_layers=4, num_critical=1, margin_size=2,
-                  square=False).eval().requires_grad_(False)
+    g = tiny_stylegan3()
     return g, load_reid("deepsort_mobilenetv2", input_size=(64, 32)).eval().requires_grad_(False)
 
 
@@ -53,15 +50,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _inputs(g, reid, b: int, seed: int = 1):
-    rng = torch.Generator().manual_seed(seed)
-    w = g.mapping(torch.randn(b, g.z_dim, generator=rng)).detach()
-    images = torch.rand(b, 3, g.img_height, g.img_width, generator=rng)
-    with torch.no_grad():
-        f = reid(torch.rand(b, 3, g.img_height, g.img_width, generator=rng))
-    return w, images, F.normalize(f, dim=1)
 
 
 @pytest.mark.parametrize(("batch", "workers", "sizes"), [
@@ -83,7 +71,7 @@ def test_chunk_sizes_and_workers_refuse_nonsense() -> None:
 
 def test_pool_is_bit_identical_to_eager_on_the_same_chunks(models, pool) -> None:
     g, reid = models
-    w, images, f = _inputs(g, reid, 3)
+    w, images, f = loop_inputs(g, reid, 3)
     got = pool.generate(w, images, f, OPTS)
     # the split of an idle pool: [2, 1]; eager (the reference loop) on each chunk at one thread
     ref_w = torch.cat([identity_aligned_generation(w[s], images[s], f[s], g, reid, OPTS)[0]
@@ -99,7 +87,7 @@ def test_pool_is_bit_identical_to_eager_on_the_same_chunks(models, pool) -> None
 
 def test_step_options_travel_with_every_batch(models, pool) -> None:
     g, reid = models
-    w, images, f = _inputs(g, reid, 2, seed=2)
+    w, images, f = loop_inputs(g, reid, 2, seed=2)
     one = pool.generate(w, images, f, replace(OPTS, steps=1))
     two = pool.generate(w, images, f, replace(OPTS, steps=2))
     assert len(one.trace.distance) == 2 and len(two.trace.distance) == 3
@@ -108,7 +96,7 @@ def test_step_options_travel_with_every_batch(models, pool) -> None:
 
 def test_protector_with_workers_equals_in_process_chunks(models) -> None:
     g, reid = models
-    w, images, f = _inputs(g, reid, 4, seed=3)
+    w, images, f = loop_inputs(g, reid, 4, seed=3)
     rng = np.random.default_rng(0)
     lat = np.repeat(w.numpy()[:, None], 3, axis=1) + rng.normal(0, 0.05, (4, 3, *w.shape[1:])).astype(np.float32)
     got = Retrieved(lat, np.ones((4, 3), np.float32), np.arange(12).reshape(4, 3), "v")
@@ -131,7 +119,7 @@ def test_protector_with_workers_equals_in_process_chunks(models) -> None:
 
 def test_a_dead_worker_fails_its_batch_and_fresh_workers_take_over(models) -> None:
     g, reid = models
-    w, images, f = _inputs(g, reid, 2, seed=4)
+    w, images, f = loop_inputs(g, reid, 2, seed=4)
     p = GenerationPool(g, reid, workers=2)
     try:
         p.start()

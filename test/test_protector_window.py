@@ -22,7 +22,7 @@ from latent_rag_ros.nodes.common import bgr_to_image
 from latent_rag_ros.nodes.graph import Graph, provision_local_keys
 from latent_rag_ros.store import open_store
 
-from rosutil import Probe, vtest_frames, wait_for, write_params
+from rosutil import Probe, node_status, vtest_frames, wait_for, write_params
 
 pytestmark = pytest.mark.ros
 
@@ -73,7 +73,8 @@ def test_crops_of_several_frames_share_one_batch(tmp_path, workers: int) -> None
         assert not graph.failed(), f"a node died: {graph.failed()}"
         out = list(out)[-3:]
         # the node says how many protection processes it runs (1 = in-process)
-        wait_for(lambda: _status(diags, "protector_node").get("workers") == str(workers), 30, "workers on /diagnostics")
+        wait_for(lambda: node_status(diags, "protector_node").get("workers") == str(workers), 30,
+                 "workers on /diagnostics")
     finally:
         t0 = time.monotonic()
         codes = graph.stop(timeout=60.0)
@@ -82,13 +83,3 @@ def test_crops_of_several_frames_share_one_batch(tmp_path, workers: int) -> None
     assert sorted(m.track_id for m in out) == [1, 2, 3]
     assert len({tuple(m.stage_ms) for m in out}) == 1, "the three frames were protected in separate batches"
     assert all(c == 0 for c in codes.values()), codes
-
-
-def _status(diags: list, node: str) -> dict[str, str]:
-    """The newest /diagnostics values of ``node``."""
-    out: dict[str, str] = {}
-    for arr in list(diags):
-        for st in arr.status:
-            if st.name.endswith(node):
-                out = {kv.key: kv.value for kv in st.values}
-    return out
