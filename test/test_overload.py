@@ -79,6 +79,22 @@ def test_processed_frames_never_older_than_the_bound_on_an_injected_clock() -> N
     assert slot.get(timeout=0) is None and slot.stale > stale
 
 
+def test_stale_discards_are_reported_once_to_several_consumers() -> None:
+    """The protector runs one consumer thread per worker process: each discard is counted exactly once."""
+    clock = FakeClock()
+    slot = LatestSlot(3, max_age_s=0.25, clock=clock)
+    for k in range(3):
+        slot.put(k)
+    clock.t = 1.0                       # all three waited 1 s > 0.25 s
+    assert slot.get(timeout=0) is None  # consumer A meets and discards all three
+    assert slot.take_stale() == 3       # A reports them
+    assert slot.get(timeout=0) is None  # consumer B: nothing new
+    assert slot.take_stale() == 0       # ... and reports nothing (before, B counted A's three again)
+    slot.put(3)
+    clock.t = 2.0
+    assert slot.get(timeout=0) is None and slot.take_stale() == 1 and slot.stale == 4
+
+
 def test_threaded_producers_never_exceed_the_depth() -> None:
     """Real threads: 4 producers hammer a depth-2 slot while one consumer drains it."""
     slot = LatestSlot(2)

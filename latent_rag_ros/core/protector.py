@@ -110,6 +110,11 @@ class Protector:
         self.pool = GenerationPool(self.generator, self.reid, workers, fast_reid,
                                    batched_backward=self.batched_backward) if workers > 1 else None
 
+    @property
+    def workers(self) -> int:
+        """Processes that run the T-step loops (1: this one)."""
+        return self.pool.workers if self.pool is not None else 1
+
     def close(self) -> None:
         """Stop the worker processes, if any (a later protect() starts them again)."""
         if self.pool is not None:

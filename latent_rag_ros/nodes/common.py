@@ -239,6 +239,7 @@ class LatestSlot:
         self._cv = threading.Condition()
         self.dropped = 0
         self.stale = 0
+        self._stale_reported = 0
         self.closed = False
 
     def __len__(self) -> int:
@@ -268,6 +269,12 @@ class LatestSlot:
                     return item
                 self.stale += 1
             return None
+
+    def take_stale(self) -> int:
+        """Stale discards since the last call: each is reported once, even with several consumers."""
+        with self._cv:
+            n, self._stale_reported = self.stale - self._stale_reported, self.stale
+            return n
 
     def close(self) -> None:
         """Wake waiting consumers for shutdown."""

@@ -85,10 +85,10 @@ class DetectorNode(ManagedNode):
 
     def _run(self, slot: LatestSlot) -> None:
         while rclpy.ok() and not slot.closed:
-            stale = slot.stale
             msg = slot.get()
-            if slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
-                self.status.count("frames_stale", slot.stale - stale)
+            stale = slot.take_stale()
+            if stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", stale)
             if msg is not None:
                 self.process(msg)
 

@@ -89,10 +89,9 @@ class ProtectorNode(ManagedNode):
         self._warm_up()
         if self.random_weights:
             self.get_logger().warning(f"RANDOM-WEIGHT models in use: {', '.join(self.random_weights)}")
-        pool = self.protector.pool
         self.status.set(DiagnosticStatus.OK, "inactive: configured", model_loaded=True, device=str(device),
                         random_weights=",".join(self.random_weights) or "none", store_reachable="unknown",
-                        workers=pool.workers if pool is not None else 1)
+                        workers=self.protector.workers)
         # the trusted store directly (local store over SHM) or through the host-local relay (remote store)
         service = self.cfg.link.relay_service if self.cfg.link.via_relay else self.cfg.ros.retrieve_service
         self.client = self.create_client(RetrieveLatents, service, qos_profile=service_qos(self.cfg.ros.service_depth))
@@ -106,9 +105,8 @@ class ProtectorNode(ManagedNode):
         """Subscribe to crops and start the workers (one per protection process) and the batching window."""
         window_ms = self.cfg.protector.batch_window_ms   # 0: each frame is one batch, as it arrives
         self.window = BatchWindow(self.cfg.protector.batch_size, window_ms, now_ms) if window_ms > 0 else None
-        pool = self.protector.pool
         # one thread per worker process, so that frames are protected side by side (core/parallel.py)
-        self.start_worker(self._run, "protector", self.cfg.ros.max_queue, pool.workers if pool is not None else 1)
+        self.start_worker(self._run, "protector", self.cfg.ros.max_queue, self.protector.workers)
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
                                             qos_profile(self.cfg.ros.output_qos))
         self.status.set(DiagnosticStatus.OK, "waiting for crops")
@@ -160,12 +158,12 @@ class ProtectorNode(ManagedNode):
 
     def _run(self, slot: LatestSlot) -> None:
         while rclpy.ok() and not slot.closed:
-            stale = slot.stale
             with self._window_lock:
                 wait = self.window.wait_s(0.2) if self.window is not None else 0.2
             msg = slot.get(wait)
-            if slot.stale > stale:   # waited longer than ros.max_frame_age_s: dropped, counted
-                self.status.count("frames_stale", slot.stale - stale)
+            stale = slot.take_stale()
+            if stale:   # waited longer than ros.max_frame_age_s: dropped, counted
+                self.status.count("frames_stale", stale)
             if self.window is None:
                 if msg is not None:
                     self._process_safely(msg)
