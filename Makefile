@@ -23,7 +23,7 @@ test: setup
 	$(VENV)/bin/ruff check latent_rag_ros test launch tools
 	$(VERMIN)
 	$(LINT_IMPORTS)
-	cd test && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
+	cd test && $(PY) -m pytest -q -p no:cacheprovider --instafail $(PYTEST_ARGS) .
 
 demo: setup
 	$(VENV)/bin/latent-rag demo --out demo_out

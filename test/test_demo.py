@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from procutil import run_group
+
 pytestmark = pytest.mark.ros
 
 
 def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "latent_rag_ros.cli", "demo", "--out", str(out),
-                           "--query-frames", "6", "--recovery-steps", "2", "--ablation-queries", "1",
-                           "--comparison-iters", "2", "--anonymisers"],
-                          capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env.pop("ROS_DOMAIN_ID", None)   # the demo picks its own private domain, never the other tests' one
+    proc = run_group([sys.executable, "-m", "latent_rag_ros.cli", "demo", "--out", str(out),
+                      "--query-frames", "6", "--recovery-steps", "2", "--ablation-queries", "1",
+                      "--comparison-iters", "2", "--anonymisers"], timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + _node_logs(out)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[demo]")]
     assert any("protector: T=20" in ln for ln in lines)        # the demo's settings are announced
     report = json.loads((out / "report" / "report.json").read_text())
@@ -46,6 +48,12 @@ def test_demo_writes_report_and_grid(tmp_path: Path) -> None:
         assert 0.0 <= report["baselines"][name]["privacy"]["ssim_mean"] < 1.0
     assert any("privacyreid" in ln and "Rank-1" in ln for ln in lines)
     assert len(u["backbones"]) == 2 and "deepsort_mobilenetv2" in u["backbones"]   # trained model + ImageNet one
+
+
+def _node_logs(out: Path, tail: int = 1500) -> str:
+    """The end of each node's log of a failed demo run (the demo's own output does not show them)."""
+    return "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-tail:]}"
+                   for log in sorted((out / "logs").glob("*.log")))
 
 
 def test_cpu_busy_share_sees_a_spinning_process() -> None:

@@ -34,6 +34,7 @@ from latent_rag_ros.nodes.graph import Graph, Respawn, provision_local_keys
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store.build import BuildPlan, build_store
 
+from procutil import running
 from rosutil import Probe, node_status, vtest_frames, wait_for, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,3 +265,40 @@ def test_latent_rag_run_respawns_a_killed_node_then_gives_up(tmp_path: Path) -> 
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+
+
+def test_graph_nodes_stop_when_the_process_that_started_them_is_killed(tmp_path: Path) -> None:
+    """`latent-rag run` or the demo killed by SIGKILL (out of memory, a timeout) cannot stop its nodes.
+
+    They must stop on their own: an orphaned graph stayed on its ROS domain and took, and published, what
+    the next graph on that domain sent (a CI run lost three DDS tests to orphans of a killed demo).
+    """
+    cfg = write_params(tmp_path / "p.yaml", {"ros": {"heartbeat_period_s": 0.2}})
+    code = ("import sys, time\n"
+            "from latent_rag_ros.nodes.graph import Graph\n"
+            "g = Graph()\n"
+            "g.start(['egress_node'], sys.argv[1], log_dir=sys.argv[2])\n"
+            "print(g.procs['egress_node'].pid, flush=True)\n"
+            "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", code, str(cfg), str(tmp_path / "logs")], stdout=subprocess.PIPE,
+                             text=True)
+    node_pid = 0
+    try:
+        node_pid = int(owner.stdout.readline())
+        probe = Probe("orphan_probe")
+        try:
+            beats = probe.collect(DiagnosticArray, "/diagnostics")
+            wait_for(lambda: len(beats) > 0, 120, "the egress node's /diagnostics")   # it is up
+        finally:
+            probe.close()
+        owner.kill()
+        owner.wait()
+        wait_for(lambda: not running(node_pid), 60, "the orphaned egress node to stop")
+        log = (tmp_path / "logs" / "egress_node.log").read_text()
+        assert f"(pid {owner.pid}) is gone: stopping" in log
+        assert "Traceback" not in log   # the clean stop, not a crash
+    finally:
+        owner.kill()
+        if node_pid and running(node_pid):
+            os.kill(node_pid, signal.SIGKILL)
+

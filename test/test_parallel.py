@@ -25,6 +25,7 @@ from latent_rag_ros.core.retrieval import Retrieved
 from latent_rag_ros.models.reid import load_reid
 
 from nets import loop_inputs, tiny_stylegan3
+from procutil import running
 
 OPTS = StepOptions(steps=3, coarse_step=0.02, fine_step=0.05)
 
@@ -65,8 +66,48 @@ def test_chunk_sizes_and_workers_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match=r"protector\.workers must be >= 0"):
         resolve_workers(-1, torch.device("cpu"))
     assert resolve_workers(3, torch.device("cpu")) == 3
-    assert resolve_workers(0, torch.device("cpu")) == len(os.sched_getaffinity(0))
+    assert 1 <= resolve_workers(0, torch.device("cpu")) <= len(os.sched_getaffinity(0))
     assert resolve_workers(4, torch.device("cuda")) == 1   # no device needed: only the type is read
+
+
+def test_one_per_core_honours_a_cpu_cap(monkeypatch) -> None:
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")   # loky's documented cap, beside affinity and cgroup quota
+    assert resolve_workers(0, torch.device("cpu")) == 1
+
+
+CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
+
+
+@pytest.mark.skipif(not (os.geteuid() == 0 and os.path.isfile(f"{CGROUP_V1_CPU}/cpu.cfs_quota_us")
+                         and len(os.sched_getaffinity(0)) > 1),
+                    reason="needs root, a cgroup v1 cpu controller and more than one CPU in the affinity mask")
+def test_one_per_core_counts_a_container_cpu_quota(tmp_path) -> None:
+    """A real 1-CPU quota, seen as a container sees it (its own cgroup namespace and mount, as docker --cpus 1
+    makes): protector.workers 0 resolves to 1 although the affinity mask shows every core of the host."""
+    import subprocess
+    import sys
+    import uuid
+
+    group = f"{CGROUP_V1_CPU}/lrr-test-{uuid.uuid4().hex[:8]}"
+    os.mkdir(group)
+    try:
+        with open(f"{group}/cpu.cfs_period_us", "w") as fh:
+            fh.write("100000")
+        with open(f"{group}/cpu.cfs_quota_us", "w") as fh:
+            fh.write("100000")   # one CPU's worth of time per period
+        probe = ("import os, torch; from latent_rag_ros.core.parallel import resolve_workers; "
+                 "print(len(os.sched_getaffinity(0)), resolve_workers(0, torch.device('cpu')))")
+        inner = (f"mkdir -p {tmp_path}/cg && mount -t cgroup -o cpu none {tmp_path}/cg && "
+                 f"mount --bind {tmp_path}/cg {CGROUP_V1_CPU} && exec \"$0\" -c \"$1\"")
+        script = f'echo $$ > {group}/cgroup.procs && exec unshare -C -m sh -c \'{inner}\' "$0" "$1"'
+        res = subprocess.run(["sh", "-c", script, sys.executable, probe], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0 and "unshare" in res.stderr + res.stdout:
+            pytest.skip(f"no cgroup namespace here: {res.stderr.strip()[-200:]}")
+        assert res.returncode == 0, res.stderr[-2000:]
+        affinity, workers = (int(x) for x in res.stdout.split())
+        assert affinity > 1 and workers == 1
+    finally:
+        os.rmdir(group)   # empty again: the probe process has exited
 
 
 def test_pool_is_bit_identical_to_eager_on_the_same_chunks(models, pool) -> None:
@@ -135,6 +176,39 @@ def test_a_dead_worker_fails_its_batch_and_fresh_workers_take_over(models) -> No
         assert again.w_adv.shape == w.shape and torch.isfinite(again.images).all()
     finally:
         p.close()
+
+
+def test_workers_leave_when_their_parent_is_killed() -> None:
+    """A pool owner killed by SIGKILL (out of memory, a test's timeout) never closes its pool: the workers go anyway."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    code = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from nets import tiny_stylegan3\n"
+            "from latent_rag_ros.core.parallel import GenerationPool\n"
+            "from latent_rag_ros.models.reid import load_reid\n"
+            "p = GenerationPool(tiny_stylegan3(), load_reid('deepsort_mobilenetv2', input_size=(64, 32)), workers=2)\n"
+            "p.start()\n"
+            "print(*p.pids(), flush=True)\n"
+            "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        pids = [int(x) for x in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(running(p) for p in pids)
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 30
+        while any(running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(running(p) for p in pids), "orphaned protection workers outlived their parent"
+    finally:
+        owner.kill()
+        for p in pids:
+            if running(p):
+                os.kill(p, signal.SIGKILL)
 
 
 def test_bench_protect_measures_the_workers_path_against_eager_on_its_chunks(capsys) -> None:

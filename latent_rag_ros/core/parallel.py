@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -58,24 +59,55 @@ def chunk_sizes(batch: int, workers: int) -> list[int]:
     return [base + (i < extra) for i in range(n)]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: the least of the machine's, its affinity mask and its cgroup CPU quota.
+
+    A container's quota (docker --cpus, Kubernetes limits) is not in the affinity mask: 2 CPUs of quota on
+    a 64-core host showed 64 there, and one worker per "core" would have started 64 processes on 2 CPUs.
+    loky (joblib's process pool) reads all three; ``LOKY_MAX_CPU_COUNT`` caps it further.
+    """
+    from loky import cpu_count  # lazy: only where the CPU path asks for "one per core"
+
+    return max(1, int(cpu_count()))
+
+
 def resolve_workers(setting: int, device: torch.device) -> int:
-    """``protector.workers``: N as given; 0 = one per CPU core this process may use (1 on a GPU)."""
+    """``protector.workers``: N as given; 0 = one per CPU this process may use (``usable_cpus``; 1 on a GPU)."""
     if setting < 0:
         raise ValueError(f"protector.workers must be >= 0 (0 = one per CPU core), got {setting}")
     if device.type != "cpu":
         return 1   # one GPU is not shared better by several processes
     if setting == 0:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return usable_cpus()
     return setting
 
 
-def _init_worker(generator: torch.nn.Module, reid: torch.nn.Module, fast_reid: str, threads: int) -> None:
+def _exit_with_parent(parent: int, interval_s: float = 1.0) -> threading.Thread:
+    """Worker side: end this process once ``parent`` (the pool's owner) is gone.
+
+    A parent that is SIGKILLed (out of memory, a supervisor's timeout) never closes its pool, and a worker
+    blocked on the executor's queue does not notice: it holds that queue's write end itself. Without this,
+    such orphans kept their models in memory for as long as the machine ran.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)   # nothing to save: a chunk in flight has nobody to return to
+
+    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+def _init_worker(generator: torch.nn.Module, reid: torch.nn.Module, fast_reid: str, threads: int,
+                 parent: int) -> None:
     """Worker start: one intra-op thread, its own loss encoder, one tiny loop so the first chunk is not slow.
 
-    Ctrl-C reaches the whole process group: the worker ignores it and leaves when its parent closes the pool
-    (or dies: the pool's pipe then ends), so a shutdown does not print a traceback per worker.
+    Ctrl-C reaches the whole process group: the worker ignores it and leaves when its parent closes the pool,
+    or when the parent dies (``_exit_with_parent``), so a shutdown does not print a traceback per worker.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
     torch.set_num_threads(threads)
     g = _STATE["generator"] = generator.eval().requires_grad_(False)
     e = _STATE["reid"] = loss_encoder(reid.eval().requires_grad_(False), fast_reid)
@@ -152,7 +184,8 @@ class GenerationPool:
                 return self._executor
             # spawn: a fork of a process that runs DDS and torch threads is not safe
             ctx = torch.multiprocessing.get_context("spawn")
-            ex = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=self._args)
+            ex = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(*self._args, os.getpid()))
             try:
                 with _main_not_rerun():
                     pings = [ex.submit(_ping) for _ in range(self.workers)]   # N at once: N processes

@@ -26,6 +26,7 @@ from latent_rag_ros.zones import zone_env
 
 ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
 RESTARTS_ENV = "LATENT_RAG_RESTARTS"   # how often this node was restarted (its /diagnostics shows it)
+PARENT_ENV = "LATENT_RAG_PARENT_PID"   # the process that started this node: it stops when that one is gone
 
 
 def _ros_value(value: Any) -> str:
@@ -107,7 +108,7 @@ class Graph:
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
             out = open(os.path.join(log_dir, f"{name}.log"), "a")
-        env = {**env, RESTARTS_ENV: str(self.restarts[name])}
+        env = {**env, RESTARTS_ENV: str(self.restarts[name]), PARENT_ENV: str(os.getpid())}
         self.procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
 
     def supervise(self, now: float | None = None) -> tuple[list[str], dict[str, int]]:

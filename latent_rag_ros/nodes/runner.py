@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -13,6 +15,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from latent_rag_ros.nodes.graph import PARENT_ENV
 from latent_rag_ros.zones import ZoneError, apply_zone, zone_of
 
 
@@ -26,6 +29,37 @@ def node_zone(factory: Callable[[], Node]) -> str:
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         module = spec.name if spec is not None else ""
     return zone_of(module.rsplit(".", 1)[-1])
+
+
+def watch_parent(name: str, interval_s: float = 1.0, grace_s: float = 30.0) -> threading.Thread | None:
+    """A node started by a ``Graph`` (``latent-rag run``, the demo) stops once the process that started it is gone.
+
+    A parent killed by SIGKILL (out of memory, a supervisor's timeout) cannot stop its nodes; orphans stayed on
+    its ROS domain, taking and publishing what the next graph on that domain sent. The stop is the clean one
+    (SIGTERM, as ``Graph.stop`` sends), with a hard exit after ``grace_s``.
+    """
+    raw = os.environ.get(PARENT_ENV, "")
+    if not raw:
+        return None   # started by ros2 launch, ros2 run or by hand: their supervisors stop it
+    try:
+        parent = int(raw)
+    except ValueError:
+        print(f"[{name}] WARNING: {PARENT_ENV}={raw!r} is not a process id; not watching the parent",
+              file=sys.stderr, flush=True)
+        return None
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        print(f"[{name}] the process that started this node (pid {parent}) is gone: stopping",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    t.start()
+    return t
 
 
 def spin_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 4) -> NoReturn:
@@ -46,6 +80,7 @@ def spin_node(factory: Callable[[], Node], args: list[str] | None = None, thread
         print(f"[{name}] fatal: {exc}", file=sys.stderr)
         return 1
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.ALL)
+    watch_parent(name)
     node = None
     code = 0
     try:
