@@ -20,7 +20,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from latent_rag_ros.config import RosConfig
-from latent_rag_ros.nodes.common import LatestSlot, service_qos
+from latent_rag_ros.nodes.common import InOrder, LatestSlot, service_qos
 from latent_rag_ros.nodes.graph import Graph
 from latent_rag_ros.srv import RetrieveLatents
 from latent_rag_ros.store import open_store
@@ -93,6 +93,44 @@ def test_stale_discards_are_reported_once_to_several_consumers() -> None:
     slot.put(3)
     clock.t = 2.0
     assert slot.get(timeout=0) is None and slot.take_stale() == 1 and slot.stale == 4
+
+
+def test_in_order_publishes_in_ticket_order_whatever_finishes_first() -> None:
+    """Three real threads finish in reverse order (2, then 1, then 0); they publish 0, 1, 2."""
+    order = InOrder()
+    tickets = [order.next() for _ in range(3)]
+    assert tickets == [0, 1, 2]
+    published: list[int] = []
+    waiting = threading.Barrier(3)
+
+    def finish(t: int) -> None:
+        if t > 0:
+            waiting.wait()   # 1 and 2 are done computing and wait for their turn before 0 is
+        assert order.wait_turn(t)
+        published.append(t)
+        order.done(t)
+
+    threads = [threading.Thread(target=finish, args=(t,)) for t in (2, 1)]
+    for th in threads:
+        th.start()
+    waiting.wait()
+    assert published == []   # 1 and 2 hold back while 0 is still computing
+    finish(0)
+    for th in threads:
+        th.join(10)
+    assert published == [0, 1, 2]
+
+
+def test_in_order_a_failed_ticket_lets_the_next_go_and_shutdown_stops_waiting() -> None:
+    order = InOrder()
+    a, b, c = order.next(), order.next(), order.next()
+    order.done(a)                                # failed: published nothing
+    assert order.wait_turn(b)                    # b's turn at once
+    assert not order.wait_turn(c, lambda: False, poll_s=0.01)   # b never finishes: shutdown ends the wait
+    order.done(c)                                # done out of order: remembered ...
+    order.done(b)
+    d = order.next()
+    assert order.wait_turn(d, lambda: False)     # ... so d is next at once
 
 
 def test_threaded_producers_never_exceed_the_depth() -> None:

@@ -283,6 +283,47 @@ class LatestSlot:
             self._cv.notify_all()
 
 
+class InOrder:
+    """Several worker threads, one output order: ticket t may publish only after tickets 0..t-1 are done.
+
+    The protector takes frames with one thread per worker process, and a small frame can finish before a
+    larger one taken earlier; without this gate its crops left first and consumers saw stamps go back.
+    Every ticket handed out (``next``) must be marked ``done``, published or not, or later ones wait
+    until ``wait_turn`` gives up.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._issued = 0
+        self._next = 0          # lowest ticket not yet done
+        self._done: set[int] = set()
+
+    def next(self) -> int:
+        """A new ticket, in the order items are taken (call it where the item is taken, under that lock)."""
+        with self._cv:
+            self._issued += 1
+            return self._issued - 1
+
+    def wait_turn(self, ticket: int, keep_waiting: Callable[[], bool] = lambda: True,
+                  poll_s: float = 0.2) -> bool:
+        """Block until every lower ticket is done; False if ``keep_waiting()`` turned False first (shutdown)."""
+        with self._cv:
+            while self._next < ticket:
+                if not keep_waiting():
+                    return False
+                self._cv.wait(poll_s)
+            return True
+
+    def done(self, ticket: int) -> None:
+        """Ticket finished (published, skipped or failed): the next ones may go."""
+        with self._cv:
+            self._done.add(ticket)
+            while self._next in self._done:
+                self._done.remove(self._next)
+                self._next += 1
+            self._cv.notify_all()
+
+
 def now_ms() -> float:
     """Monotonic time in milliseconds."""
     return time.perf_counter() * 1e3

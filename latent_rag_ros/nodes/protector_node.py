@@ -8,6 +8,7 @@ not answer, the status says so and NOTHING is published for those crops: never a
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,6 +26,7 @@ from latent_rag_ros.models.factory import build_models
 from latent_rag_ros.msg import PersonCrop, PersonCrops, ProtectedCrop
 from latent_rag_ros.nodes.common import (
     FrameLimits,
+    InOrder,
     LatestSlot,
     bgr_to_image,
     f32_array,
@@ -74,6 +76,8 @@ class ProtectorNode(ManagedNode):
         self.limits = frame_limits(self.cfg)
         self.window: BatchWindow | None = None
         self._window_lock = threading.Lock()   # the window is shared by the worker threads
+        self._take_lock = threading.Lock()     # taking a frame and numbering it are one step
+        self._order = InOrder()                # frames protected side by side are published in camera order
 
     def configure(self) -> None:
         """Load the egress key and the models (one warm-up); create the store client and the publisher."""
@@ -105,6 +109,7 @@ class ProtectorNode(ManagedNode):
         """Subscribe to crops and start the workers (one per protection process) and the batching window."""
         window_ms = self.cfg.protector.batch_window_ms   # 0: each frame is one batch, as it arrives
         self.window = BatchWindow(self.cfg.protector.batch_size, window_ms, now_ms) if window_ms > 0 else None
+        self._order = InOrder()
         # one thread per worker process, so that frames are protected side by side (core/parallel.py)
         self.start_worker(self._run, "protector", self.cfg.ros.max_queue, self.protector.workers)
         self.sub = self.create_subscription(PersonCrops, self.cfg.ros.crops_topic, self.on_crops,
@@ -157,35 +162,42 @@ class ProtectorNode(ManagedNode):
             self.status.count("frames_dropped")
 
     def _run(self, slot: LatestSlot) -> None:
+        order = self._order   # this activation's; a thread left over from an earlier one keeps its own
         while rclpy.ok() and not slot.closed:
             with self._window_lock:
                 wait = self.window.wait_s(0.2) if self.window is not None else 0.2
-            msg = slot.get(wait)
+            with self._take_lock:   # frames are numbered in the order they are taken
+                msg = slot.get(wait)
+                ticket = order.next() if msg is not None and self.window is None else -1
+                if msg is not None and self.window is not None:
+                    with self._window_lock:
+                        self.window.add(msg.crops)
             stale = slot.take_stale()
             if stale:   # waited longer than ros.max_frame_age_s: dropped, counted
                 self.status.count("frames_stale", stale)
             if self.window is None:
                 if msg is not None:
-                    self._process_safely(msg)
+                    self._process_safely(msg, order, ticket, slot)
                 continue
             # micro-batching: crops of several frames share one batch; none waits past batch_window_ms
             while not slot.closed:
                 with self._window_lock:
-                    if msg is not None:
-                        self.window.add(msg.crops)
-                        msg = None
                     batch = self.window.take() if self.window.ready() else None
+                    ticket = order.next() if batch is not None else -1
                 if batch is None:
                     break
-                self._process_safely(_CropBatch(batch))
+                self._process_safely(_CropBatch(batch), order, ticket, slot)
 
-    def _process_safely(self, msg: PersonCrops | _CropBatch) -> None:
+    def _process_safely(self, msg: PersonCrops | _CropBatch, order: InOrder, ticket: int, slot: LatestSlot) -> None:
+        """Protect and publish in ticket order; a failure publishes nothing and lets the next ticket go."""
         try:
-            self.process(msg)
+            self.process(msg, lambda: order.wait_turn(ticket, lambda: self.active and not slot.closed))
         except Exception as exc:  # noqa: BLE001 - keep the node alive; never publish unprotected
             self.status.count("errors")
             self.status.set(DiagnosticStatus.ERROR, f"protection failed: {exc}")
             self.get_logger().error(f"protection failed: {exc}")
+        finally:
+            order.done(ticket)
 
     def _link_sealer(self) -> ClientSealer | None:
         """This robot's link key (``link.key_id``), loaded once it exists (provisioning needs no restart)."""
@@ -237,8 +249,11 @@ class ProtectorNode(ManagedNode):
                                        ids=reply.arrays["ids"], store_version=str(reply.meta.get("store_version"))))
         return out
 
-    def process(self, msg: PersonCrops | _CropBatch) -> None:
-        """Protect every valid crop of one frame (or of one micro-batch) and publish the results."""
+    def process(self, msg: PersonCrops | _CropBatch, turn: Callable[[], bool] = lambda: True) -> None:
+        """Protect every valid crop of one frame (or of one micro-batch) and publish the results.
+
+        ``turn`` blocks until the frames taken before this one are published (False: shutting down).
+        """
         t0 = now_ms()
         crops, metas = [], []
         for c in msg.crops:
@@ -279,7 +294,7 @@ class ProtectorNode(ManagedNode):
         sizes = [crops[i].shape[:2] for i in keep]
         protected = tensor_to_bgr(result.images, sizes)
         names = list(result.timings_ms)
-        if not self.active:
+        if not self.active or not turn() or not self.active:
             return  # deactivated or shutting down: nothing leaves (the publishers may already be gone)
         for j, i in enumerate(keep):
             src = metas[i]
