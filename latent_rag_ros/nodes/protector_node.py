@@ -294,7 +294,7 @@ class ProtectorNode(ManagedNode):
         sizes = [crops[i].shape[:2] for i in keep]
         protected = tensor_to_bgr(result.images, sizes)
         names = list(result.timings_ms)
-        if not self.active or not turn() or not self.active:
+        if not self.active or not turn() or not self.active:   # turn(): the frames taken before go first
             return  # deactivated or shutting down: nothing leaves (the publishers may already be gone)
         for j, i in enumerate(keep):
             src = metas[i]
