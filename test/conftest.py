@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 # Set before any rclpy import: real DDS, but only on 127.0.0.1 and on a domain of our own so
 # parallel runs on one machine do not see each other.
@@ -25,31 +21,21 @@ os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", os.path.abspath(_profile)
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 
-def clean_fastdds_shm() -> str:
-    """Fast DDS's own ``fastdds shm clean``: remove the shared-memory segments whose owner process is gone.
-
-    Tests kill nodes on purpose (SIGKILL), and each such process leaves its Fast DDS segments in /dev/shm,
-    which is RAM: about 1 GB per full run here, and 20 GB after a day of runs on one machine, which left a
-    later run too little memory. Segments of live processes are locked and stay. Returns the tool's
-    summary line ("" where the tool is not installed).
-    """
-    script = Path(sys.prefix) / "tools" / "fastdds" / "fastdds.py"   # the PyPI ROS 2 wheels put it here
-    cmd = [sys.executable, str(script)] if script.is_file() else [shutil.which("fastdds") or ""]
-    if not cmd[0]:
-        return ""
-    try:
-        res = subprocess.run([*cmd, "shm", "clean"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"fastdds shm clean failed: {exc}"
-    lines = [ln.strip() for ln in res.stdout.splitlines() if "zombie" in ln]
-    return "; ".join(lines) if res.returncode == 0 else f"fastdds shm clean failed: {res.stderr.strip()[-300:]}"
-
-
 def pytest_sessionstart(session) -> None:
-    clean_fastdds_shm()   # what killed runs before this one left behind
+    """Remove the Fast DDS shared memory (RAM) that killed processes of earlier runs left in /dev/shm.
+
+    Tests kill nodes on purpose (SIGKILL); each such process leaves its segment behind, and 20 GB of them
+    after a day of runs on one machine left a later run too little memory. Live participants' files are
+    locked and stay (nodes/shm.py).
+    """
+    from latent_rag_ros.nodes.shm import clean_fastdds_shm
+
+    clean_fastdds_shm()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    from latent_rag_ros.nodes.shm import clean_fastdds_shm
+
     summary = clean_fastdds_shm()
     if summary:
         terminalreporter.write_line(f"Fast DDS shared memory left by killed test processes: {summary}")

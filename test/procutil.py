@@ -33,3 +33,16 @@ def run_group(cmd: list[str], timeout: float, **kwargs: Any) -> subprocess.Compl
         raise AssertionError(f"{' '.join(cmd[:5])} ... ran past {timeout:.0f} s; its process group was killed. "
                              f"Output so far:\n{out[-4000:]}\n{err[-4000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def own_fastdds_segments(pid: int) -> set[str]:
+    """The Fast DDS data segments a process owns: it holds their ``_el`` lock file open (peers only map them)."""
+    own = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/shm/fastdds_") and target.endswith("_el") and "fastdds_port" not in target:
+            own.add(target[:-3])
+    return own

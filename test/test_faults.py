@@ -34,7 +34,7 @@ from latent_rag_ros.nodes.graph import Graph, Respawn, provision_local_keys
 from latent_rag_ros.people import crop_people
 from latent_rag_ros.store.build import BuildPlan, build_store
 
-from procutil import running
+from procutil import own_fastdds_segments, running
 from rosutil import Probe, node_status, vtest_frames, wait_for, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,8 +234,18 @@ def test_corrupted_model_file_gives_one_error_and_a_nonzero_exit(tmp_path: Path)
 
 
 def _children(pid: int) -> list[int]:
+    """The node processes among ``pid``'s children (the runner also starts `fastdds shm clean` after a kill)."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
+        kids = [int(x) for x in f.read().split()]
+    nodes = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as f:
+                if b"latent_rag_ros.nodes." in f.read():
+                    nodes.append(kid)
+        except OSError:
+            continue
+    return nodes
 
 
 @pytest.mark.ros
@@ -315,25 +325,43 @@ def test_a_stopped_node_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
     graph.start(["egress_node"], str(cfg), log_dir=str(tmp_path / "logs"))
     try:
         pid = graph.procs["egress_node"].pid
-
-        def mapped() -> set[str]:
-            with open(f"/proc/{pid}/maps") as fh:
-                return {line.split()[-1] for line in fh if "/dev/shm/fastdds" in line}
-
         probe = Probe("shm_probe")
         try:
             beats = probe.collect(DiagnosticArray, "/diagnostics")
             wait_for(lambda: len(beats) > 0, 120, "the egress node's /diagnostics")   # up and running
         finally:
             probe.close()
-        files = mapped()
-        assert any("fastdds_port" in f for f in files) and any("fastdds_port" not in f for f in files), files
+        segments = own_fastdds_segments(pid)   # 16 MB each with the shipped profiles
     finally:
         codes = graph.stop(timeout=30.0)
     assert codes == {"egress_node": 0}
-    # Its data segments (16 MB each with the shipped profiles) are its own. Its port files (52 KB) are
-    # also opened by every peer that sent to it (the test's own participant among them) and may stay
-    # until those close them; `fastdds shm clean` removes them once nobody holds them.
-    segments = sorted(f for f in files if "fastdds_port" not in f)
+    # (its port files, 52 KB, are also opened by every peer that sent to it and may stay until those
+    # close them; `fastdds shm clean` removes them once nobody holds them)
     left = [f for f in segments if os.path.exists(f)]
     assert segments and left == [], f"a clean stop left its Fast DDS segments in /dev/shm: {left}"
+
+
+def test_the_segment_of_a_killed_node_is_cleaned_before_it_restarts(tmp_path: Path) -> None:
+    """A node killed by SIGKILL cannot remove its Fast DDS segment (16 MB of RAM in /dev/shm); the runner's
+    supervisor runs Fast DDS's `fastdds shm clean` when it sees such a death, so restarts do not pile up."""
+    cfg = write_params(tmp_path / "p.yaml", {"ros": {"heartbeat_period_s": 0.2}})
+    graph = Graph(respawn=Respawn(max_retries=1, delay=60.0))   # restart far away: only the clean-up is seen
+    graph.start(["egress_node"], str(cfg), log_dir=str(tmp_path / "logs"))
+    try:
+        pid = graph.procs["egress_node"].pid
+        probe = Probe("kill_probe")
+        try:
+            beats = probe.collect(DiagnosticArray, "/diagnostics")
+            wait_for(lambda: len(beats) > 0, 120, "the egress node's /diagnostics")
+        finally:
+            probe.close()
+        segments = own_fastdds_segments(pid)
+        assert segments
+        os.kill(pid, signal.SIGKILL)
+        graph.procs["egress_node"].wait(30)
+        assert all(os.path.exists(f) for f in segments)   # what SIGKILL leaves
+        lines, _ = graph.supervise()
+        assert any("restarting in" in ln for ln in lines) and not any("failed" in ln for ln in lines), lines
+        assert not any(os.path.exists(f) for f in segments), "the killed node's segment is still in /dev/shm"
+    finally:
+        graph.stop(timeout=30.0)

@@ -22,6 +22,7 @@ import yaml
 
 from latent_rag_ros.config import DEFAULT_NAMESPACE
 from latent_rag_ros.egress_auth import KEY_ENV, new_run_key
+from latent_rag_ros.nodes.shm import clean_fastdds_shm
 from latent_rag_ros.zones import zone_env
 
 ROBOT_NODES = ("detector_node", "protector_node", "egress_node")
@@ -65,6 +66,7 @@ class Graph:
     restarts: dict[str, int] = field(default_factory=dict)
     _launch: dict[str, tuple[list[str], dict[str, str], str | None]] = field(default_factory=dict)
     _due: dict[str, float] = field(default_factory=dict)
+    _cleaned: set[str] = field(default_factory=set)   # dead by a signal, shared memory already cleaned
 
     def start(
         self,
@@ -119,6 +121,9 @@ class Graph:
             code = p.poll()
             if code is None:
                 continue
+            if code < 0 and name not in self._cleaned:   # killed by a signal: its shared memory stayed
+                self._cleaned.add(name)
+                self._clean_shm(lines)
             if self.restarts[name] >= self.respawn.max_retries:
                 gone[name] = code
                 continue
@@ -129,17 +134,28 @@ class Graph:
                              f"({self.restarts[name] + 1}/{self.respawn.max_retries})")
             elif now >= self._due[name]:
                 del self._due[name]
+                self._cleaned.discard(name)
                 self.restarts[name] += 1
                 self._spawn(name)
                 lines.append(f"{name} restarted (pid {self.procs[name].pid}, restart {self.restarts[name]})")
         return lines, gone
+
+    @staticmethod
+    def _clean_shm(lines: list[str]) -> None:
+        """Fast DDS's ``fastdds shm clean`` (nodes/shm.py): the 16 MB segment of a killed node is RAM."""
+        summary = clean_fastdds_shm()
+        if summary.startswith("fastdds shm clean failed"):
+            lines.append(summary)
 
     def failed(self) -> dict[str, int]:
         """Nodes that have already exited, with their exit codes."""
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
 
     def stop(self, timeout: float = 10.0) -> dict[str, int]:
-        """SIGTERM every node (measured to stop rclpy reliably), SIGKILL what is left after ``timeout``."""
+        """SIGTERM every node (measured to stop rclpy reliably), SIGKILL what is left after ``timeout``.
+
+        A node that died by a signal could not remove its Fast DDS segment: `fastdds shm clean` then runs.
+        """
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -151,6 +167,8 @@ class Graph:
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes[name] = p.wait()
+        if any(c < 0 and n not in self._cleaned for n, c in codes.items()):
+            self._clean_shm([])   # a node killed by a signal (here or before) could not remove its segment
         if self.run_key_dir:
             shutil.rmtree(self.run_key_dir, ignore_errors=True)
             self.run_key_dir = None
