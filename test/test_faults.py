@@ -241,7 +241,7 @@ def _children(pid: int) -> list[int]:
     for kid in kids:
         try:
             with open(f"/proc/{kid}/cmdline", "rb") as f:
-                if b"latent_rag_ros.nodes." in f.read():
+                if b"\x00-m\x00latent_rag_ros.nodes." in f.read():   # exec'd as a node, not a fork of the runner
                     nodes.append(kid)
         except OSError:
             continue
@@ -263,7 +263,7 @@ def test_latent_rag_run_respawns_a_killed_node_then_gives_up(tmp_path: Path) -> 
         for restart in (1, 2):
             victim = _children(runner.pid)[0]
             os.kill(victim, signal.SIGKILL)
-            wait_for(lambda v=victim: _children(runner.pid) and _children(runner.pid)[0] != v, 60,
+            wait_for(lambda v=victim: any(k != v for k in _children(runner.pid)), 60,
                      f"egress_node restarted ({restart})")
             assert f"restart {restart})" in log.read_text()
         os.kill(_children(runner.pid)[0], signal.SIGKILL)   # a third death: past max_retries=2
@@ -275,6 +275,16 @@ def test_latent_rag_run_respawns_a_killed_node_then_gives_up(tmp_path: Path) -> 
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+
+
+def _wait_for_diagnostics(what: str) -> None:
+    """Block until a node publishes on /diagnostics (it is configured and spinning)."""
+    probe = Probe("diag_probe")
+    try:
+        beats = probe.collect(DiagnosticArray, "/diagnostics")
+        wait_for(lambda: len(beats) > 0, 120, f"{what}'s /diagnostics")
+    finally:
+        probe.close()
 
 
 def test_graph_nodes_stop_when_the_process_that_started_them_is_killed(tmp_path: Path) -> None:
@@ -295,12 +305,7 @@ def test_graph_nodes_stop_when_the_process_that_started_them_is_killed(tmp_path:
     node_pid = 0
     try:
         node_pid = int(owner.stdout.readline())
-        probe = Probe("orphan_probe")
-        try:
-            beats = probe.collect(DiagnosticArray, "/diagnostics")
-            wait_for(lambda: len(beats) > 0, 120, "the egress node's /diagnostics")   # it is up
-        finally:
-            probe.close()
+        _wait_for_diagnostics("the egress node")   # it is up
         owner.kill()
         owner.wait()
         wait_for(lambda: not running(node_pid), 60, "the orphaned egress node to stop")
@@ -311,7 +316,6 @@ def test_graph_nodes_stop_when_the_process_that_started_them_is_killed(tmp_path:
         owner.kill()
         if node_pid and running(node_pid):
             os.kill(node_pid, signal.SIGKILL)
-
 
 
 def test_a_stopped_node_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
@@ -325,12 +329,7 @@ def test_a_stopped_node_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
     graph.start(["egress_node"], str(cfg), log_dir=str(tmp_path / "logs"))
     try:
         pid = graph.procs["egress_node"].pid
-        probe = Probe("shm_probe")
-        try:
-            beats = probe.collect(DiagnosticArray, "/diagnostics")
-            wait_for(lambda: len(beats) > 0, 120, "the egress node's /diagnostics")   # up and running
-        finally:
-            probe.close()
+        _wait_for_diagnostics("the egress node")   # up and running
         segments = own_fastdds_segments(pid)   # 16 MB each with the shipped profiles
     finally:
         codes = graph.stop(timeout=30.0)
@@ -349,12 +348,7 @@ def test_the_segment_of_a_killed_node_is_cleaned_before_it_restarts(tmp_path: Pa
     graph.start(["egress_node"], str(cfg), log_dir=str(tmp_path / "logs"))
     try:
         pid = graph.procs["egress_node"].pid
-        probe = Probe("kill_probe")
-        try:
-            beats = probe.collect(DiagnosticArray, "/diagnostics")
-            wait_for(lambda: len(beats) > 0, 120, "the egress node's /diagnostics")
-        finally:
-            probe.close()
+        _wait_for_diagnostics("the egress node")
         segments = own_fastdds_segments(pid)
         assert segments
         os.kill(pid, signal.SIGKILL)

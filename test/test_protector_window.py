@@ -55,6 +55,15 @@ def _crop(frame: np.ndarray, track: int, sec: int = 0) -> PersonCrop:
     return PersonCrop(header=image.header, image=image, box=box, track_id=track)
 
 
+def _start(graph: Graph, probe: Probe, cfg_file, cfg, depth: int):
+    """Start the store and protector nodes; (protected crops collected, crop publisher once matched)."""
+    graph.start(["store_node", "protector_node"], str(cfg_file))
+    out = probe.collect(ProtectedCrop, ros_name(cfg.ros.protected_topic))
+    pub = probe.node.create_publisher(PersonCrops, ros_name(cfg.ros.crops_topic), depth)
+    wait_for(lambda: pub.get_subscription_count() > 0, 120, "protector subscription")
+    return out, pub
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_crops_of_several_frames_share_one_batch(tmp_path, workers: int) -> None:
     """workers=2: two worker threads share the window (core/parallel.py's processes behind them)."""
@@ -63,11 +72,8 @@ def test_crops_of_several_frames_share_one_batch(tmp_path, workers: int) -> None
     graph = Graph()
     probe = Probe("window_probe")
     try:
-        graph.start(["store_node", "protector_node"], str(cfg_file))
-        out = probe.collect(ProtectedCrop, ros_name(cfg.ros.protected_topic))
+        out, pub = _start(graph, probe, cfg_file, cfg, depth=10)
         diags = probe.collect(DiagnosticArray, "/diagnostics")
-        pub = probe.node.create_publisher(PersonCrops, ros_name(cfg.ros.crops_topic), 10)
-        wait_for(lambda: pub.get_subscription_count() > 0, 120, "protector subscription")
         # Three frames of one crop each, well inside one window. A round whose crops were dropped (the
         # store client not yet matched on a loaded machine: counted, nothing published) is sent again.
         for _ in range(3):
@@ -102,10 +108,7 @@ def test_frames_protected_side_by_side_leave_in_camera_order(tmp_path) -> None:
     graph = Graph()
     probe = Probe("order_probe")
     try:
-        graph.start(["store_node", "protector_node"], str(cfg_file))
-        out = probe.collect(ProtectedCrop, ros_name(cfg.ros.protected_topic))
-        pub = probe.node.create_publisher(PersonCrops, ros_name(cfg.ros.crops_topic), 20)
-        wait_for(lambda: pub.get_subscription_count() > 0, 120, "protector subscription")
+        out, pub = _start(graph, probe, cfg_file, cfg, depth=20)
         # warm-up frame: the store client matched and both workers up before the frames that count
         pub.publish(PersonCrops(crops=[_crop(frame, 0, sec=0)]))
         wait_for(lambda: len(out) >= 1 or graph.failed(), 120, "the first protected crop")

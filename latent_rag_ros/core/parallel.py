@@ -31,7 +31,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,6 +41,7 @@ import torch
 
 from latent_rag_ros.core.fastpath import FastResult, fast_generation, loss_encoder
 from latent_rag_ros.core.generation import GenerationTrace, StepOptions
+from latent_rag_ros.orphans import watch_parent
 
 LOG = logging.getLogger(__name__)
 
@@ -82,32 +82,16 @@ def resolve_workers(setting: int, device: torch.device) -> int:
     return setting
 
 
-def _exit_with_parent(parent: int, interval_s: float = 1.0) -> threading.Thread:
-    """Worker side: end this process once ``parent`` (the pool's owner) is gone.
-
-    A parent that is SIGKILLed (out of memory, a supervisor's timeout) never closes its pool, and a worker
-    blocked on the executor's queue does not notice: it holds that queue's write end itself. Without this,
-    such orphans kept their models in memory for as long as the machine ran.
-    """
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval_s)
-        os._exit(0)   # nothing to save: a chunk in flight has nobody to return to
-
-    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
-    t.start()
-    return t
-
-
 def _init_worker(generator: torch.nn.Module, reid: torch.nn.Module, fast_reid: str, threads: int,
                  parent: int) -> None:
     """Worker start: one intra-op thread, its own loss encoder, one tiny loop so the first chunk is not slow.
 
     Ctrl-C reaches the whole process group: the worker ignores it and leaves when its parent closes the pool,
-    or when the parent dies (``_exit_with_parent``), so a shutdown does not print a traceback per worker.
+    or when the parent dies (a worker blocked on the executor's queue would not notice: it holds that
+    queue's write end itself), so a shutdown does not print a traceback per worker.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(parent)
+    watch_parent(parent, lambda: os._exit(0))   # a chunk in flight has nobody to return to
     torch.set_num_threads(threads)
     g = _STATE["generator"] = generator.eval().requires_grad_(False)
     e = _STATE["reid"] = loss_encoder(reid.eval().requires_grad_(False), fast_reid)

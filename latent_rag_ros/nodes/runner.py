@@ -17,6 +17,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from latent_rag_ros.nodes.graph import PARENT_ENV
+from latent_rag_ros.orphans import watch_parent as _watch_pid
 from latent_rag_ros.zones import ZoneError, apply_zone, zone_of
 
 
@@ -49,18 +50,14 @@ def watch_parent(name: str, interval_s: float = 1.0, grace_s: float = 30.0) -> t
               file=sys.stderr, flush=True)
         return None
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval_s)
+    def stop() -> None:
         print(f"[{name}] the process that started this node (pid {parent}) is gone: stopping",
               file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         os._exit(1)
 
-    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
-    t.start()
-    return t
+    return _watch_pid(parent, stop, interval_s)
 
 
 def release_dds() -> None:
